@@ -1,0 +1,64 @@
+// CPU implementation of comhe::hyperspherical_energy: argument checks, then
+// the torch-free kernel in hyperspherical_energy_kernel.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+
+#include "comhe/hyperspherical_energy.h"
+
+namespace {
+
+comhe::EnergyParams check_params(const at::Tensor& x, c10::string_view kind, double s, bool half_space, double eps,
+                                 double delta) {
+  TORCH_CHECK_VALUE(x.dim() == 3, "comhe::hyperspherical_energy: x must have shape (B, N, k), got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "comhe::hyperspherical_energy: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(2) >= 1, "comhe::hyperspherical_energy: x must have k >= 1 coordinates, got ",
+                    x.sizes());
+  comhe::EnergyParams p;
+  if (kind == "chordal") {
+    p.kind = comhe::Kind::Chordal;
+  } else if (kind == "angular") {
+    p.kind = comhe::Kind::Angular;
+  } else {
+    TORCH_CHECK_VALUE(false, "comhe::hyperspherical_energy: kind must be 'chordal' or 'angular', got '",
+                      std::string(kind), "'");
+  }
+  TORCH_CHECK_VALUE(std::isfinite(s) && s >= 0, "comhe::hyperspherical_energy: s must be finite and >= 0, got ", s);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "comhe::hyperspherical_energy: eps must be finite and >= 0, got ",
+                    eps);
+  TORCH_CHECK_VALUE(std::isfinite(delta) && delta >= 0,
+                    "comhe::hyperspherical_energy: delta must be finite and >= 0, got ", delta);
+  p.s = s;
+  p.half_space = half_space;
+  p.eps = eps;
+  p.delta = delta;
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> hyperspherical_energy_cpu(const at::Tensor& x, c10::string_view kind, double s,
+                                                             bool half_space, double eps, double delta,
+                                                             bool compute_grad) {
+  const comhe::EnergyParams params = check_params(x, kind, s, half_space, eps, delta);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "comhe::hyperspherical_energy (CPU): x must be on the CPU, got ",
+                    x.device());
+  const int64_t B = x.size(0), N = x.size(1), k = x.size(2);
+  at::Tensor energy = at::zeros({B}, x.options().dtype(at::kDouble));
+  at::Tensor grad = compute_grad ? at::zeros({B, N, k}, x.options()) : at::empty({0}, x.options());
+  const comhe::PointsLayout layout{B, N, k, x.stride(0), x.stride(1), x.stride(2)};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hyperspherical_energy_cpu", [&] {
+    const comhe::KernelStatus status = comhe::hyperspherical_energy_cpu<scalar_t>(
+        x.const_data_ptr<scalar_t>(), layout, params, energy.data_ptr<double>(),
+        compute_grad ? grad.data_ptr<scalar_t>() : nullptr, at::get_num_threads());
+    TORCH_CHECK_VALUE(status.ok, "comhe::hyperspherical_energy: x contains NaN or Inf (set ", status.bad_set,
+                      ", row ", status.bad_row, "); the energy is undefined");
+  });
+  return {energy, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(comhe, CPU, m) { m.impl("hyperspherical_energy", &hyperspherical_energy_cpu); }

@@ -1,0 +1,580 @@
+// Fused hyperspherical energy and gradient on the CPU (torch-free core).
+//
+// Phases, for each set of N points:
+//  1. prologue (per row, O(Nk)): u = x / sqrt(||x||^2 + eps), a = eps / (...),
+//     packed into 64-point tiles, coordinates-major (u[c][j]), plus
+//     h = ||u||^2 + a (= 1 up to rounding); NaN/Inf rows are reported.
+//  2. pairs, tile pair by tile pair, each unordered pair once. Per 64 x 64
+//     tile pair: gram block g = u_I u_J^T in registers, then per pair
+//     d2 = h_i + h_j - 2g, d2p = h_i + h_j + 2g, the energy F and the weight
+//     w = dF/dd2p - dF/dd2 into a 64 x 64 buffer W (L1-resident), then two
+//     small GEMMs add W u_J to the rows of I and W^T u_I to the rows of J.
+//     Pairs with d2 < tau (or d2p < tau where F depends on it) are masked out
+//     of that path and recomputed in float64 from x in the difference form:
+//     the gram form loses ~1e-7 absolute to cancellation in float32, which
+//     is 2.6e-5 relative at tau = 1/256 but everything for coincident points.
+//  3. epilogue (per row, O(Nk)): the chain rule through the normalization.
+//
+// Gradient algebra. With alpha = dF/dd2, beta = dF/dd2p of a pair,
+// dF/du_i = 2(alpha + beta) u_i + 2(beta - alpha) u_j. Accumulate per row
+//   V_i = sum over gram pairs (beta - alpha) u_j
+//       + sum over refined pairs alpha (u_i - u_j) + beta (u_i + u_j),
+//   Aref_i = sum over refined pairs (alpha + beta);
+// then, because ||u||^2 + a = 1, the (alpha + beta) u_i terms of gram pairs
+// cancel exactly in the chain rule and
+//   dE/dx_i = (2 / r_i) [V_i - (u_i . V_i) u_i - a_i (Aref_i + D_i) u_i],
+// D_i being the derivative of the half-space self pair (u_i, -u_i) in a_i.
+//
+// Scheduling without races: the tiles are grouped into super-tiles and the
+// super-tile pairs are played as a round-robin tournament (the circle
+// method). Within a round no super-tile appears twice, so a task may update
+// the accumulators of both its tiles. The grouping depends on N only, so the
+// order of every floating-point sum, and the result, does not depend on the
+// number of threads.
+#include "comhe/hyperspherical_energy.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+namespace comhe {
+namespace {
+
+using simd::load;
+using simd::store;
+
+constexpr int TS = 64;                // points per tile
+constexpr int RC = 4;                 // coordinates per block in the column update; k is padded to it
+constexpr double kTau = 1.0 / 256;    // refine pairs with d2 (or d2p) below this
+constexpr int64_t kMaxTilesPerSuper = 8;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+template <class U>
+using Buffer = std::unique_ptr<U[], FreeDeleter>;
+
+template <class U>
+Buffer<U> allocate(int64_t n) {
+  size_t bytes = std::max<size_t>(64, (size_t(n) * sizeof(U) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return Buffer<U>(static_cast<U*>(p));
+}
+
+template <class T>
+struct Problem {
+  using V = typename simd::Traits<T>::V;
+  using I = typename simd::Traits<T>::I;
+  static constexpr int W = simd::Traits<T>::W;
+  static constexpr int NV = TS / W;                   // vectors per tile row
+  static constexpr int R = NV >= 8 ? 2 : NV >= 4 ? 4 : 8;  // rows per register block: R*NV ~ 16 accumulators
+
+  const T* x;
+  PointsLayout L;
+  EnergyParams P;
+  int64_t nT, Npad, kp, kv, q, nS;
+  bool wide;    // k >= W: the row-side GEMM runs with vectors over coordinates
+  int small_k;  // 3, 4 or 8 when k <= 8: the fused one-pass path (super_pair_small), else 0
+
+  Buffer<T> Ut, Vt;  // (B, nT, kp, TS): u and the gradient accumulators, coordinate-major tiles
+  Buffer<T> Ur, Vr;  // (B, Npad, kv): point-major copies, only when wide
+  Buffer<T> h;       // (B, Npad)
+  Buffer<double> rinv, a, aref, self_energy;  // (B, N) or (B, Npad)
+
+  Problem(const T* x_, const PointsLayout& L_, const EnergyParams& P_) : x(x_), L(L_), P(P_) {
+    nT = (L.N + TS - 1) / TS;
+    Npad = nT * TS;
+    kp = (L.k + RC - 1) / RC * RC;
+    kv = (L.k + W - 1) / W * W;
+    wide = L.k >= W;
+    small_k = L.k <= 3 ? 3 : L.k == 4 ? 4 : L.k <= 8 ? 8 : 0;  // kp >= small_k: padding rows are zero
+    q = std::min<int64_t>(kMaxTilesPerSuper, std::max<int64_t>(1, (nT + 63) / 64));
+    nS = (nT + q - 1) / q;
+    Ut = allocate<T>(L.B * nT * kp * TS);
+    h = allocate<T>(L.B * Npad);
+    rinv = allocate<double>(L.B * L.N);
+    a = allocate<double>(L.B * L.N);
+    if (wide) Ur = allocate<T>(L.B * Npad * kv);
+  }
+  void allocate_gradient() {
+    Vt = allocate<T>(L.B * nT * kp * TS);
+    aref = allocate<double>(L.B * Npad);
+    if (wide) Vr = allocate<T>(L.B * Npad * kv);
+  }
+
+  T* ut(int64_t b, int64_t t) const { return Ut.get() + (b * nT + t) * kp * TS; }
+  T* vt(int64_t b, int64_t t) const { return Vt.get() + (b * nT + t) * kp * TS; }
+  T* ur(int64_t b, int64_t t) const { return Ur.get() + (b * Npad + t * TS) * kv; }
+  T* vr(int64_t b, int64_t t) const { return Vr.get() + (b * Npad + t * TS) * kv; }
+  const T* row(int64_t b, int64_t i) const { return x + b * L.stride_b + i * L.stride_n; }
+  int rows_in(int64_t t) const { return int(std::min<int64_t>(TS, L.N - t * TS)); }
+
+  // Normalize row i of set b; false if it holds NaN or Inf.
+  bool prologue_row(int64_t b, int64_t i) {
+    const T* xr = row(b, i);
+    const int64_t sk = L.stride_k, k = L.k;
+    const double eps = P.eps;
+    double n = 0;
+    for (int64_t c = 0; c < k; ++c) n += double(xr[c * sk]) * double(xr[c * sk]);
+    double ri, ai;
+    if (!std::isfinite(n)) {
+      double m = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        double v = double(xr[c * sk]);
+        if (!std::isfinite(v)) return false;
+        m = std::max(m, std::fabs(v));
+      }
+      // finite, but ||x||^2 overflows (float64 entries beyond ~1e154): scale by the largest entry
+      double sig = 0;
+      for (int64_t c = 0; c < k; ++c) sig += (double(xr[c * sk]) / m) * (double(xr[c * sk]) / m);
+      double r = m * std::sqrt(sig + eps / m / m);
+      ri = 1.0 / r;
+      ai = eps / r / r;
+    } else if (n + eps > 0) {
+      ri = 1.0 / std::sqrt(n + eps);
+      ai = eps / (n + eps);
+    } else {  // eps = 0 and a zero row: the centre of the sphere, cosine 0 with everything
+      ri = 0;
+      ai = 1;
+    }
+    const int64_t flat = b * L.N + i, t = i / TS, ii = i % TS;
+    rinv[flat] = ri;
+    a[flat] = ai;
+    T* ut_ = ut(b, t);
+    T* ur_ = wide ? ur(b, t) + ii * kv : nullptr;
+    double hh = ai;
+    for (int64_t c = 0; c < k; ++c) {
+      T u = T(double(xr[c * sk]) * ri);
+      ut_[c * TS + ii] = u;
+      if (wide) ur_[c] = u;
+      hh += double(u) * double(u);  // h from the rounded u: identical rows give d2 = a_i + a_j exactly
+    }
+    h[b * Npad + i] = T(hh);
+    return true;
+  }
+};
+
+// Float64 recomputation of one pair from x in the difference form.
+template <class T, class E>
+double refine_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, int i, int jj, bool grad) {
+  const int64_t gi = ta * TS + i, gj = tb * TS + jj, k = pr.L.k, sk = pr.L.stride_k;
+  const double ri = pr.rinv[b * pr.L.N + gi], rj = pr.rinv[b * pr.L.N + gj];
+  const double aij = pr.a[b * pr.L.N + gi] + pr.a[b * pr.L.N + gj];
+  const T* xi = pr.row(b, gi);
+  const T* xj = pr.row(b, gj);
+  double d2 = aij, d2p = aij;
+  for (int64_t c = 0; c < k; ++c) {
+    double ui = double(xi[c * sk]) * ri, uj = double(xj[c * sk]) * rj;
+    d2 += (ui - uj) * (ui - uj);
+    d2p += (ui + uj) * (ui + uj);
+  }
+  double F, al, be;
+  E::eval(d2, d2p, pr.P.s, pr.P.delta, F, al, be);
+  if (grad) {
+    T* va = pr.vt(b, ta);
+    T* vb = pr.vt(b, tb);
+    for (int64_t c = 0; c < k; ++c) {
+      double ui = double(xi[c * sk]) * ri, uj = double(xj[c * sk]) * rj;
+      va[c * TS + i] += T(al * (ui - uj) + be * (ui + uj));
+      vb[c * TS + jj] += T(al * (uj - ui) + be * (ui + uj));
+    }
+    pr.aref[b * pr.Npad + gi] += al + be;
+    pr.aref[b * pr.Npad + gj] += al + be;
+  }
+  return F;
+}
+
+// Row side of the gradient with vectors over coordinates (k >= W):
+// Vr[i][c] += sum_j Wb[i][j] Ur_J[j][c] for CB coordinate vectors at once.
+template <class T, int CB>
+inline void row_gemm_block(const Problem<T>& pr, T* vr_a, const T* ur_b, const T* Wb, int i0, int cv, int nB) {
+  using V = typename Problem<T>::V;
+  constexpr int R = Problem<T>::R, W = Problem<T>::W;
+  const int64_t kv = pr.kv;
+  V acc[R][CB];
+  for (int r = 0; r < R; ++r)
+    for (int cb = 0; cb < CB; ++cb) acc[r][cb] = load<V>(vr_a + (i0 + r) * kv + (cv + cb) * W);
+  for (int j = 0; j < nB; ++j) {
+    V bb[CB];
+    for (int cb = 0; cb < CB; ++cb) bb[cb] = load<V>(ur_b + j * kv + (cv + cb) * W);
+    for (int r = 0; r < R; ++r) {
+      const T w = Wb[(i0 + r) * TS + j];
+      for (int cb = 0; cb < CB; ++cb) acc[r][cb] += w * bb[cb];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int cb = 0; cb < CB; ++cb) store(vr_a + (i0 + r) * kv + (cv + cb) * W, acc[r][cb]);
+}
+
+// One 64 x 64 tile pair (ta, tb); diag: ta == tb, pairs i < j only. Returns the energy.
+template <class T, class E>
+double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool diag, bool grad, T* Wb) {
+  using V = typename Problem<T>::V;
+  using I = typename Problem<T>::I;
+  constexpr int W = Problem<T>::W, NV = Problem<T>::NV, R = Problem<T>::R;
+  const int64_t k = pr.L.k;
+  const T* ua = pr.ut(b, ta);
+  const T* ub = pr.ut(b, tb);
+  const T* ha = pr.h.get() + b * pr.Npad + ta * TS;
+  const T* hb = pr.h.get() + b * pr.Npad + tb * TS;
+  const int nA = pr.rows_in(ta), nB = pr.rows_in(tb);
+  const T s = T(pr.P.s), delta = T(pr.P.delta), tau = T(kTau);
+  I lane;
+  for (int l = 0; l < W; ++l) lane[l] = l;
+  V hbv[NV];
+  for (int v = 0; v < NV; ++v) hbv[v] = load<V>(hb + v * W);
+
+  double energy = 0;
+  for (int i0 = 0; i0 < nA; i0 += R) {
+    // gram block: R rows of I against the 64 points of J, in registers
+    V acc[R][NV] = {};
+    for (int64_t c = 0; c < k; ++c) {
+      V bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = load<V>(ub + c * TS + v * W);
+      for (int r = 0; r < R; ++r) {
+        const T av = ua[c * TS + i0 + r];
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+      }
+    }
+    // energy and gradient weights of each pair
+    for (int r = 0; r < R; ++r) {
+      const int i = i0 + r;
+      T* wrow = Wb + i * TS;
+      if (i >= nA) {  // padding rows of the last tile: zero weights for the GEMMs below
+        std::memset(wrow, 0, sizeof(T) * TS);
+        continue;
+      }
+      const T hi = ha[i];
+      const int jlo = diag ? i + 1 : 0;
+      V fsum = {};
+      I near_mask[NV];
+      bool any_near = false;
+      for (int v = 0; v < NV; ++v) {
+        const I jj = lane + v * W;
+        const I valid = (jj >= jlo) & (jj < nB);
+        const V hij = hi + hbv[v];
+        const V g2 = acc[r][v] + acc[r][v];
+        const V d2 = hij - g2, d2p = hij + g2;
+        I near = d2 < tau;
+        if constexpr (E::uses_d2p) near |= d2p < tau;
+        V F, al, be;
+        E::eval(d2, d2p, s, delta, F, al, be);
+        const I ok = valid & ~near;
+        fsum += ok ? F : V{};
+        store(wrow + v * W, ok ? be - al : V{});
+        near_mask[v] = valid & near;
+        any_near |= simd::any(near_mask[v]);
+      }
+      energy += simd::hsum(fsum);
+      if (any_near) {
+        for (int v = 0; v < NV; ++v)
+          for (int l = 0; l < W; ++l)
+            if (near_mask[v][l]) energy += refine_pair<T, E>(pr, b, ta, tb, i, v * W + l, grad);
+      }
+    }
+  }
+  if (!grad) return energy;
+
+  // column side: V_J[c][j] += sum_i u_I[c][i] W[i][j]
+  T* vb = pr.vt(b, tb);
+  for (int64_t c0 = 0; c0 < pr.kp; c0 += RC) {
+    V acc[RC][NV];
+    for (int rc = 0; rc < RC; ++rc)
+      for (int v = 0; v < NV; ++v) acc[rc][v] = load<V>(vb + (c0 + rc) * TS + v * W);
+    for (int i = 0; i < nA; ++i) {
+      V w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = load<V>(Wb + i * TS + v * W);
+      for (int rc = 0; rc < RC; ++rc) {
+        const T av = ua[(c0 + rc) * TS + i];
+        for (int v = 0; v < NV; ++v) acc[rc][v] += av * w[v];
+      }
+    }
+    for (int rc = 0; rc < RC; ++rc)
+      for (int v = 0; v < NV; ++v) store(vb + (c0 + rc) * TS + v * W, acc[rc][v]);
+  }
+  // row side: V_I[i] += sum_j W[i][j] u_J[j]
+  if (!pr.wide) {  // few coordinates: one dot product over j per (i, c)
+    T* va = pr.vt(b, ta);
+    for (int i = 0; i < nA; ++i) {
+      V w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = load<V>(Wb + i * TS + v * W);
+      for (int64_t c = 0; c < k; ++c) {
+        V sum = w[0] * load<V>(ub + c * TS);
+        for (int v = 1; v < NV; ++v) sum += w[v] * load<V>(ub + c * TS + v * W);
+        va[c * TS + i] += simd::hsum_same(sum);
+      }
+    }
+  } else {  // many coordinates: a GEMM with vectors over c, no horizontal sums
+    T* vr_a = pr.vr(b, ta);
+    const T* ur_b = pr.ur(b, tb);
+    const int kvv = int(pr.kv / W);
+    for (int i0 = 0; i0 < nA; i0 += R) {
+      int cv = 0;
+      for (; cv + 4 <= kvv; cv += 4) row_gemm_block<T, 4>(pr, vr_a, ur_b, Wb, i0, cv, nB);
+      for (; cv + 2 <= kvv; cv += 2) row_gemm_block<T, 2>(pr, vr_a, ur_b, Wb, i0, cv, nB);
+      for (; cv < kvv; ++cv) row_gemm_block<T, 1>(pr, vr_a, ur_b, Wb, i0, cv, nB);
+    }
+  }
+  return energy;
+}
+
+// Few coordinates (k <= K <= 8): the three phases of tile_pair fused into one
+// pass over every tile of the opposite super-tile, two rows at a time. The
+// rows' gram values, weights and gradient partial sums stay in registers
+// (reduced once per super-tile, not once per tile), the two rows share the
+// loads of the opposite points and one read-modify-write of their gradient
+// accumulators, and no W buffer is written. At k = 3 the elementwise math
+// dominates, so every instruction saved around it counts.
+constexpr int kSmallRows = 2;
+
+// One vector of W points v*W.. of tile J against the rows. Partial vectors
+// (the diagonal tile's j <= i, the last tile's padding, a missing second row)
+// get lane masks; full ones none.
+template <class T, class E, int K>
+__attribute__((always_inline)) inline void small_vector(
+    const T (&ui)[kSmallRows][K], const T (&m2ui)[kSmallRows][K], const T (&hi)[kSmallRows],
+    const typename simd::Mask<T>::M (&valid)[kSmallRows], const T* ub, const T* hb, T* vb, int v, T s, T delta,
+    bool grad, typename Problem<T>::V (&racc)[kSmallRows][K], typename Problem<T>::V& fsum,
+    typename simd::Mask<T>::M (&near_out)[kSmallRows]) {
+  using V = typename Problem<T>::V;
+  using Mk = simd::Mask<T>;
+  constexpr int W = Problem<T>::W;
+  V ubv[K];
+  for (int c = 0; c < K; ++c) ubv[c] = load<V>(ub + c * TS + v * W);
+  const V hbv = load<V>(hb + v * W);
+  V w[kSmallRows];
+  for (int r = 0; r < kSmallRows; ++r) {
+    const V hij = hi[r] + hbv;
+    V d2 = hij;  // h_i + h_j - 2 u_i.u_j as one FMA chain (m2ui = -2 u_i)
+    for (int c = 0; c < K; ++c) d2 += m2ui[r][c] * ubv[c];
+    const V d2p = T(2) * hij - d2;
+    auto near = Mk::lt(d2, T(kTau));
+    if constexpr (E::uses_d2p) near |= Mk::lt(d2p, T(kTau));
+    V F, al, be;
+    E::eval(d2, d2p, s, delta, F, al, be);
+    const auto ok = valid[r] & ~near;
+    near_out[r] = valid[r] & near;
+    fsum = Mk::add(fsum, ok, F);
+    w[r] = Mk::keep(ok, be - al);
+  }
+  if (grad) {
+    for (int c = 0; c < K; ++c) {
+      V col = load<V>(vb + c * TS + v * W);
+      for (int r = 0; r < kSmallRows; ++r) {
+        racc[r][c] += w[r] * ubv[c];
+        col += w[r] * ui[r][c];
+      }
+      store(vb + c * TS + v * W, col);
+    }
+  }
+}
+
+template <class T, class E, int K>
+double super_pair_small(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, bool grad) {
+  using V = typename Problem<T>::V;
+  using Mk = simd::Mask<T>;
+  constexpr int W = Problem<T>::W, R = kSmallRows;
+  const int64_t t0 = S * pr.q, t1 = std::min(pr.nT, t0 + pr.q);
+  const int64_t u0 = Sb * pr.q, u1 = std::min(pr.nT, u0 + pr.q);
+  const T s = T(pr.P.s), delta = T(pr.P.delta);
+  double energy = 0;
+  for (int64_t ta = t0; ta < t1; ++ta) {
+    const T* ua = pr.ut(b, ta);
+    const T* ha = pr.h.get() + b * pr.Npad + ta * TS;
+    const int nA = pr.rows_in(ta);
+    for (int i0 = 0; i0 < nA; i0 += R) {
+      T ui[R][K], m2ui[R][K], hi[R];
+      for (int r = 0; r < R; ++r) {  // padding rows read zeros; their lanes are masked below
+        for (int c = 0; c < K; ++c) {
+          ui[r][c] = ua[c * TS + i0 + r];
+          m2ui[r][c] = T(-2) * ui[r][c];
+        }
+        hi[r] = ha[i0 + r];
+      }
+      V racc[R][K] = {};  // the rows' gradient partial sums, lane-wise, over the whole super-tile
+      simd::vdouble esum = {};
+      for (int64_t tb = (S == Sb ? ta : u0); tb < u1; ++tb) {
+        const T* ub = pr.ut(b, tb);
+        const T* hb = pr.h.get() + b * pr.Npad + tb * TS;
+        T* vb = grad ? pr.vt(b, tb) : nullptr;
+        const int nB = pr.rows_in(tb);
+        int jlo[R];
+        for (int r = 0; r < R; ++r) jlo[r] = i0 + r >= nA ? TS : tb == ta ? i0 + r + 1 : 0;
+        int jmax = 0;  // vectors before jlo[0] hold no pairs; full ones need no masks
+        for (int r = 0; r < R; ++r) jmax = std::max(jmax, jlo[r]);
+        const int vfirst = jlo[0] / W, vlast = (nB + W - 1) / W;
+        const int ffirst = (jmax + W - 1) / W, flast = nB / W;
+        V fsum = {};
+        for (int v = vfirst; v < vlast; ++v) {
+          typename Mk::M valid[R], near[R];
+          for (int r = 0; r < R; ++r)
+            valid[r] = v >= ffirst && v < flast ? Mk::all() : Mk::lanes(jlo[r] - v * W, nB - v * W);
+          small_vector<T, E, K>(ui, m2ui, hi, valid, ub, hb, vb, v, s, delta, grad, racc, fsum, near);
+          if (Mk::any(near[0] | near[1]))  // rare: pairs left out above, recomputed in float64
+            for (int r = 0; r < R; ++r)
+              for (int l = 0; l < W; ++l)
+                if (Mk::test(near[r], l)) energy += refine_pair<T, E>(pr, b, ta, tb, i0 + r, v * W + l, grad);
+        }
+        esum += simd::widen_sum(fsum);
+      }
+      energy += simd::hsum(esum);
+      if (grad) {
+        T* va = pr.vt(b, ta);
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < K; ++c)  // constant indices keep racc in registers
+            if (c < pr.L.k && i0 + r < nA) va[c * TS + i0 + r] += simd::hsum_same(racc[r][c]);
+      }
+    }
+  }
+  return energy;
+}
+
+// All tile pairs between super-tiles S and Sb (S == Sb: the pairs within S).
+template <class T, class E>
+double super_pair(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, bool grad, T* Wb) {
+  const int64_t t0 = S * pr.q, t1 = std::min(pr.nT, t0 + pr.q);
+  const int64_t u0 = Sb * pr.q, u1 = std::min(pr.nT, u0 + pr.q);
+  switch (pr.small_k) {
+    case 3: return super_pair_small<T, E, 3>(pr, b, S, Sb, grad);
+    case 4: return super_pair_small<T, E, 4>(pr, b, S, Sb, grad);
+    case 8: return super_pair_small<T, E, 8>(pr, b, S, Sb, grad);
+    default: break;
+  }
+  double e = 0;
+  for (int64_t ta = t0; ta < t1; ++ta)
+    for (int64_t tb = (S == Sb ? ta : u0); tb < u1; ++tb) e += tile_pair<T, E>(pr, b, ta, tb, ta == tb, grad, Wb);
+  return e;
+}
+
+template <class T, Kind K, Power P, bool Half>
+void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
+  using E = PairEnergy<K, P, Half>;
+  using Self = PairEnergy<K, P, false>;  // the half-space pair (u_i, -u_i) is one plain pair
+  const int64_t B = pr.L.B, N = pr.L.N, k = pr.L.k, nS = pr.nS;
+  const int64_t M = nS + (nS & 1);  // tournament size (one bye when nS is odd)
+  const bool want_grad = grad != nullptr;
+  std::vector<double> super_energy(size_t(B * nS), 0.0);
+  if (want_grad) pr.allocate_gradient();
+  if (Half) pr.self_energy = allocate<double>(B * N);
+  std::vector<Buffer<T>> scratch;
+  for (int t = 0; t < nthreads; ++t) scratch.push_back(allocate<T>(TS * TS));
+
+#pragma omp parallel num_threads(nthreads)
+  {
+    T* Wb = scratch[omp_get_thread_num()].get();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < B * nS; ++t)
+      super_energy[t] += super_pair<T, E>(pr, t / nS, t % nS, t % nS, want_grad, Wb);
+    for (int64_t round = 0; round + 1 < M; ++round) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < B * (M / 2); ++t) {
+        const int64_t b = t / (M / 2), m = t % (M / 2);
+        const int64_t S = m == 0 ? round : (round + m) % (M - 1);
+        const int64_t Sb = m == 0 ? M - 1 : (round - m + (M - 1)) % (M - 1);
+        if (S < nS && Sb < nS) super_energy[b * nS + S] += super_pair<T, E>(pr, b, S, Sb, want_grad, Wb);
+      }
+    }
+    // epilogue: the half-space self pairs and the chain rule through the normalization
+#pragma omp for schedule(static)
+    for (int64_t flat = 0; flat < B * N; ++flat) {
+      const int64_t b = flat / N, i = flat % N, t = i / TS, ii = i % TS;
+      const double ai = pr.a[flat], ri = pr.rinv[flat];
+      double dself = 0;
+      if (Half) {  // (u_i, -u_i): d2 = 4 ||u||^2 + 2a = 4 - 2a, d2p = 2a, a function of a alone
+        double F, al, be;
+        Self::eval(4.0 - 2.0 * ai, 2.0 * ai, pr.P.s, pr.P.delta, F, al, be);
+        pr.self_energy[flat] = F;
+        dself = -2.0 * al + 2.0 * be;
+      }
+      if (!want_grad) continue;
+      const T* vt = pr.vt(b, t) + ii;
+      const T* vr = pr.wide ? pr.vr(b, t) + ii * pr.kv : nullptr;
+      const T* xr = pr.row(b, i);
+      const int64_t sk = pr.L.stride_k;
+      double dot = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        double vc = double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0);
+        dot += vc * double(xr[c * sk]) * ri;
+      }
+      const double radial = dot + ai * (pr.aref[b * pr.Npad + i] + dself);
+      T* g = grad + flat * k;
+      for (int64_t c = 0; c < k; ++c) {
+        double vc = double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0);
+        g[c] = T(2.0 * ri * (vc - radial * double(xr[c * sk]) * ri));
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {  // fixed order: the same sum for any thread count
+    double e = 0;
+    for (int64_t S = 0; S < nS; ++S) e += super_energy[b * nS + S];
+    if (Half)
+      for (int64_t i = 0; i < N; ++i) e += pr.self_energy[b * N + i];
+    energy[b] = e;
+  }
+}
+
+template <class T, Kind K, Power P>
+void solve_half(Problem<T>& pr, double* energy, T* grad, int nt) {
+  if (pr.P.half_space)
+    solve<T, K, P, true>(pr, energy, grad, nt);
+  else
+    solve<T, K, P, false>(pr, energy, grad, nt);
+}
+
+template <class T, Kind K>
+void solve_power(Problem<T>& pr, double* energy, T* grad, int nt) {
+  switch (power_case(pr.P.s)) {
+    case Power::Log: return solve_half<T, K, Power::Log>(pr, energy, grad, nt);
+    case Power::One: return solve_half<T, K, Power::One>(pr, energy, grad, nt);
+    case Power::Two: return solve_half<T, K, Power::Two>(pr, energy, grad, nt);
+    default: return solve_half<T, K, Power::General>(pr, energy, grad, nt);
+  }
+}
+
+}  // namespace
+
+template <class T>
+KernelStatus hyperspherical_energy_cpu(const T* x, const PointsLayout& layout, const EnergyParams& params,
+                                       double* energy, T* grad, int num_threads) {
+  KernelStatus status;
+  const int64_t B = layout.B, N = layout.N;
+  if (B == 0) return status;
+  if (N == 0) {
+    std::fill(energy, energy + B, 0.0);
+    return status;
+  }
+  Problem<T> pr(x, layout, params);
+  // Threads beyond the number of independent tasks only add wake-up latency.
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, B * pr.nS)));
+  int64_t first_bad = B * N;
+  std::fill(pr.h.get(), pr.h.get() + B * pr.Npad, T(1));  // padding points: harmless values, masked anyway
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : first_bad) if (B * N * layout.k > 65536)
+  for (int64_t flat = 0; flat < B * N; ++flat)
+    if (!pr.prologue_row(flat / N, flat % N)) first_bad = std::min(first_bad, flat);
+  if (first_bad < B * N) {
+    status.ok = false;
+    status.bad_set = first_bad / N;
+    status.bad_row = first_bad % N;
+    return status;
+  }
+  if (params.kind == Kind::Chordal)
+    solve_power<T, Kind::Chordal>(pr, energy, grad, nt);
+  else
+    solve_power<T, Kind::Angular>(pr, energy, grad, nt);
+  return status;
+}
+
+template KernelStatus hyperspherical_energy_cpu<float>(const float*, const PointsLayout&, const EnergyParams&,
+                                                       double*, float*, int);
+template KernelStatus hyperspherical_energy_cpu<double>(const double*, const PointsLayout&, const EnergyParams&,
+                                                        double*, double*, int);
+
+}  // namespace comhe

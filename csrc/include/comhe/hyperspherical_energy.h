@@ -1,0 +1,44 @@
+// The torch-free interface of the fused hyperspherical-energy kernels.
+//
+// For B sets of N points x[b, i, :] in R^k (any strides) it computes each
+// set's energy sum and, optionally, its gradient with respect to x, without
+// materializing anything of size N x N. See pair_energy.h for the math.
+#pragma once
+
+#include <cstdint>
+
+#include "comhe/pair_energy.h"
+
+namespace comhe {
+
+struct EnergyParams {
+  Kind kind = Kind::Chordal;
+  double s = 1.0;          // Riesz exponent; 0 = log energy
+  bool half_space = false;  // the 2N points [u; -u]
+  double eps = 1e-4;        // u = x / sqrt(||x||^2 + eps)
+  double delta = 1e-4;      // angular offset
+};
+
+struct PointsLayout {
+  int64_t B, N, k;                      // sets, points per set, coordinates
+  int64_t stride_b, stride_n, stride_k;  // in elements
+};
+
+struct KernelStatus {
+  bool ok = true;
+  int64_t bad_set = -1, bad_row = -1;  // first row holding NaN or Inf
+};
+
+// energy: B doubles (the sums over pairs, in float64 accumulation).
+// grad: B*N*k values, contiguous (B, N, k), or nullptr to skip the gradient.
+// Non-finite input returns ok = false and leaves the outputs unspecified.
+template <class T>
+KernelStatus hyperspherical_energy_cpu(const T* x, const PointsLayout& layout, const EnergyParams& params,
+                                       double* energy, T* grad, int num_threads);
+
+extern template KernelStatus hyperspherical_energy_cpu<float>(const float*, const PointsLayout&,
+                                                              const EnergyParams&, double*, float*, int);
+extern template KernelStatus hyperspherical_energy_cpu<double>(const double*, const PointsLayout&,
+                                                               const EnergyParams&, double*, double*, int);
+
+}  // namespace comhe

@@ -1,0 +1,142 @@
+// The energy of one pair of points and its two partial derivatives, shared by
+// every backend (CPU vectors and scalars here; CUDA compiles the scalar path).
+//
+// A pair is described by two numbers computed without cancellation:
+//   d2  = ||u_i - u_j||^2 + a_i + a_j  = 2 - 2 c_ij   (squared chordal distance)
+//   d2p = ||u_i + u_j||^2 + a_i + a_j  = 2 + 2 c_ij   (the same to the mirror -u_j)
+// with u = x / sqrt(||x||^2 + eps), a = eps / (||x||^2 + eps) (so ||u||^2 + a = 1).
+// eval() returns F(d2, d2p) and alpha = dF/dd2, beta = dF/dd2p; the kernels turn
+// these into gradients, dd2/du_i = 2(u_i - u_j), dd2p/du_i = 2(u_i + u_j).
+//
+// The angle is theta = arccos(c)/pi = (2/pi) atan2(sqrt(d2), sqrt(d2p)): exact
+// where arccos is, never NaN, and with derivatives that stay finite at both
+// ends (arccos' infinite slope at c = +-1 is split between the two terms).
+#pragma once
+
+#include <cmath>
+
+#if !defined(__CUDACC__) && !defined(__HIPCC__)
+#include "comhe/simd.h"
+#endif
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define COMHE_HD __host__ __device__ __forceinline__
+#else
+#define COMHE_HD inline
+#endif
+
+namespace comhe {
+
+enum class Kind : int { Chordal = 0, Angular = 1 };
+// Exponents with their own code path; everything else goes through exp/log.
+enum class Power : int { Log = 0, One = 1, Two = 2, General = 3 };
+
+inline Power power_case(double s) {
+  return s == 0 ? Power::Log : s == 1 ? Power::One : s == 2 ? Power::Two : Power::General;
+}
+
+// Scalar elementary functions (host and device); vector overloads live in simd.h.
+COMHE_HD float rsqrt(float x) { return 1.0f / ::sqrtf(x); }
+COMHE_HD double rsqrt(double x) { return 1.0 / ::sqrt(x); }
+COMHE_HD float sqrt(float x) { return ::sqrtf(x); }
+COMHE_HD double sqrt(double x) { return ::sqrt(x); }
+COMHE_HD float log(float x) { return ::logf(x); }
+COMHE_HD double log(double x) { return ::log(x); }
+COMHE_HD float exp(float x) { return ::expf(x); }
+COMHE_HD double exp(double x) { return ::exp(x); }
+COMHE_HD float atan2_nonneg(float p, float q) { return ::atan2f(p, q); }
+COMHE_HD double atan2_nonneg(double p, double q) { return ::atan2(p, q); }
+#if !defined(__CUDACC__) && !defined(__HIPCC__)
+// Builtin vector types have no namespace for argument-dependent lookup, so the
+// vector overloads are brought in here, before the templates that call them.
+using simd::atan2_nonneg;
+using simd::exp;
+using simd::log;
+using simd::rsqrt;
+using simd::sqrt;
+#endif
+
+// Radial profile in d2: f = d^-s = d2^(-s/2), or -log d for s = 0; df = df/dd2.
+template <Power P, class V, class S>
+COMHE_HD void chordal_profile(V d2, S s, V& f, V& df) {
+  if constexpr (P == Power::One) {
+    V r = rsqrt(d2);
+    f = r;
+    df = S(-0.5) * r * r * r;
+  } else if constexpr (P == Power::Two) {
+    V q = S(1) / d2;
+    f = q;
+    df = -q * q;
+  } else if constexpr (P == Power::Log) {
+    f = S(-0.5) * log(d2);
+    df = S(-0.5) / d2;
+  } else {
+    f = exp(S(-0.5) * s * log(d2));
+    df = S(-0.5) * s * f / d2;
+  }
+}
+
+// Angular profile in t = theta + delta: g = t^-s, or -log t for s = 0; dg = dg/dt.
+template <Power P, class V, class S>
+COMHE_HD void angular_profile(V t, S s, V& g, V& dg) {
+  V q = S(1) / t;
+  if constexpr (P == Power::One) {
+    g = q;
+    dg = -q * q;
+  } else if constexpr (P == Power::Two) {
+    g = q * q;
+    dg = S(-2) * g * q;
+  } else if constexpr (P == Power::Log) {
+    g = -log(t);
+    dg = -q;
+  } else {
+    g = exp(-s * log(t));
+    dg = -s * g * q;
+  }
+}
+
+template <Kind K, Power P, bool Half>
+struct PairEnergy {
+  // Whether F depends on d2p, so that near-antipodal pairs need care too.
+  static constexpr bool uses_d2p = Half || K == Kind::Angular;
+
+  // One unordered pair i < j of the N points. Half-space counts the four
+  // pairs (i, j), (-i, -j), (i, -j), (-i, j) of the 2N-point set:
+  // F = 2 f(d2) + 2 f(d2p); the N pairs (i, -i) are added separately.
+  template <class V, class S>
+  static COMHE_HD void eval(V d2, V d2p, S s, S delta, V& F, V& alpha, V& beta) {
+    if constexpr (K == Kind::Chordal) {
+      chordal_profile<P>(d2, s, F, alpha);
+      if constexpr (Half) {
+        V fp, dfp;
+        chordal_profile<P>(d2p, s, fp, dfp);
+        F = S(2) * (F + fp);
+        alpha = S(2) * alpha;
+        beta = S(2) * dfp;
+      } else {
+        beta = V{};
+      }
+    } else {
+      const S inv_pi = S(0.31830988618379067);
+      V p = sqrt(d2), q = sqrt(d2p);
+      V theta = S(2) * inv_pi * atan2_nonneg(p, q);
+      V g, dg;
+      angular_profile<P>(theta + delta, s, g, dg);
+      if constexpr (Half) {  // the mirrored pair has angle pi - theta
+        V g2, dg2;
+        angular_profile<P>(S(1) - theta + delta, s, g2, dg2);
+        g = S(2) * (g + g2);
+        dg = S(2) * (dg - dg2);
+      }
+      F = g;
+      // dtheta/dd2 = q / (pi p (d2 + d2p)), dtheta/dd2p = -p / (pi q (d2 + d2p));
+      // at p = 0 or q = 0 (coincident or antipodal with eps = 0) theta has no
+      // derivative and the pair contributes the subgradient 0.
+      V w = dg * inv_pi / (d2 + d2p);
+      alpha = p > S(0) ? w * q / p : V{};
+      beta = q > S(0) ? -w * p / q : V{};
+    }
+  }
+};
+
+}  // namespace comhe
