@@ -11,8 +11,8 @@
 //     small GEMMs add W u_J to the rows of I and W^T u_I to the rows of J.
 //     Pairs with d2 < tau (or d2p < tau where F depends on it) are masked out
 //     of that path and recomputed in float64 from x in the difference form:
-//     the gram form loses ~1e-7 absolute to cancellation in float32, which
-//     is 2.6e-5 relative at tau = 1/256 but everything for coincident points.
+//     the gram form loses ~2.4e-7 absolute to cancellation in float32, which
+//     is 6e-5 relative at tau = 1/256 but everything for coincident points.
 //  3. epilogue (per row, O(Nk)): the chain rule through the normalization.
 //
 // Gradient algebra. With alpha = dF/dd2, beta = dF/dd2p of a pair,
@@ -51,7 +51,7 @@ using simd::store;
 
 constexpr int TS = 64;                // points per tile
 constexpr int RC = 4;                 // coordinates per block in the column update; k is padded to it
-constexpr double kTau = 1.0 / 256;    // refine pairs with d2 (or d2p) below this
+constexpr double kTau = 1.0 / 256;    // refine pairs with d2 (or d2p) below this (see refine_threshold)
 constexpr int64_t kMaxTilesPerSuper = 8;
 
 struct FreeDeleter {
@@ -69,6 +69,21 @@ Buffer<U> allocate(int64_t n) {
   return Buffer<U>(static_cast<U*>(p));
 }
 
+// Pairs with d2 (or d2p) below this are recomputed in float64. The gram form's
+// absolute error on d2 is about 4 eps: 2.4e-7 in float32, 9e-16 in float64.
+// At 2^-8 that is 6e-5 relative in float32, and such pairs are a small part
+// of the energy: for s <= 2 (and the log and angular energies, which behave
+// like s <= 2) the float32 energy stays within 2e-7 of float64 in every test.
+// For s > 2 the pair density, uniform in d2 near 0, makes the closest pairs
+// dominate (the integral of d2^(-s/2) diverges), so a single pair's error
+// (s/2) * 2.4e-7 / d2 must itself stay below 1e-6: refine up to
+// d2 = (s/2) * 0.24 in float32 (0.42 at s = 3.5), costlier but exact.
+template <class T>
+double refine_threshold(const EnergyParams& P) {
+  if (sizeof(T) == 4 && P.kind == Kind::Chordal && P.s > 2) return std::min(4.0, std::max(kTau, 0.5 * P.s * 0.24));
+  return kTau;
+}
+
 template <class T>
 struct Problem {
   using V = typename simd::Traits<T>::V;
@@ -81,16 +96,18 @@ struct Problem {
   PointsLayout L;
   EnergyParams P;
   int64_t nT, Npad, kp, kv, q, nS;
+  T tau;  // refine_threshold
   bool wide;    // k >= W: the row-side GEMM runs with vectors over coordinates
   int small_k;  // 3, 4 or 8 when k <= 8: the fused one-pass path (super_pair_small), else 0
 
   Buffer<T> Ut, Vt;  // (B, nT, kp, TS): u and the gradient accumulators, coordinate-major tiles
   Buffer<T> Ur, Vr;  // (B, Npad, kv): point-major copies, only when wide
   Buffer<T> h;       // (B, Npad)
-  Buffer<double> rinv, a, aref, self_energy;  // (B, N) or (B, Npad)
+  Buffer<double> r, a, aref, self_energy;  // (B, N) or (B, Npad); r = sqrt(||x||^2 + eps), 0 for a zero row
 
   Problem(const T* x_, const PointsLayout& L_, const EnergyParams& P_) : x(x_), L(L_), P(P_) {
     nT = (L.N + TS - 1) / TS;
+    tau = T(refine_threshold<T>(P));
     Npad = nT * TS;
     kp = (L.k + RC - 1) / RC * RC;
     kv = (L.k + W - 1) / W * W;
@@ -100,7 +117,7 @@ struct Problem {
     nS = (nT + q - 1) / q;
     Ut = allocate<T>(L.B * nT * kp * TS);
     h = allocate<T>(L.B * Npad);
-    rinv = allocate<double>(L.B * L.N);
+    r = allocate<double>(L.B * L.N);
     a = allocate<double>(L.B * L.N);
     if (wide) Ur = allocate<T>(L.B * Npad * kv);
   }
@@ -115,6 +132,9 @@ struct Problem {
   T* ur(int64_t b, int64_t t) const { return Ur.get() + (b * Npad + t * TS) * kv; }
   T* vr(int64_t b, int64_t t) const { return Vr.get() + (b * Npad + t * TS) * kv; }
   const T* row(int64_t b, int64_t i) const { return x + b * L.stride_b + i * L.stride_n; }
+  // u in float64, by division: x / |x| is then exactly +-1 for k = 1 and
+  // identical rows give identical u, so coincident stays coincident.
+  static double unit(T xc, double r) { return r > 0 ? double(xc) / r : 0.0; }
   int rows_in(int64_t t) const { return int(std::min<int64_t>(TS, L.N - t * TS)); }
 
   // Normalize row i of set b; false if it holds NaN or Inf.
@@ -124,7 +144,7 @@ struct Problem {
     const double eps = P.eps;
     double n = 0;
     for (int64_t c = 0; c < k; ++c) n += double(xr[c * sk]) * double(xr[c * sk]);
-    double ri, ai;
+    double rr, ai;
     if (!std::isfinite(n)) {
       double m = 0;
       for (int64_t c = 0; c < k; ++c) {
@@ -135,24 +155,23 @@ struct Problem {
       // finite, but ||x||^2 overflows (float64 entries beyond ~1e154): scale by the largest entry
       double sig = 0;
       for (int64_t c = 0; c < k; ++c) sig += (double(xr[c * sk]) / m) * (double(xr[c * sk]) / m);
-      double r = m * std::sqrt(sig + eps / m / m);
-      ri = 1.0 / r;
-      ai = eps / r / r;
+      rr = m * std::sqrt(sig + eps / m / m);
+      ai = eps / rr / rr;
     } else if (n + eps > 0) {
-      ri = 1.0 / std::sqrt(n + eps);
+      rr = std::sqrt(n + eps);
       ai = eps / (n + eps);
     } else {  // eps = 0 and a zero row: the centre of the sphere, cosine 0 with everything
-      ri = 0;
+      rr = 0;
       ai = 1;
     }
     const int64_t flat = b * L.N + i, t = i / TS, ii = i % TS;
-    rinv[flat] = ri;
+    r[flat] = rr;
     a[flat] = ai;
     T* ut_ = ut(b, t);
     T* ur_ = wide ? ur(b, t) + ii * kv : nullptr;
     double hh = ai;
     for (int64_t c = 0; c < k; ++c) {
-      T u = T(double(xr[c * sk]) * ri);
+      T u = T(unit(xr[c * sk], rr));
       ut_[c * TS + ii] = u;
       if (wide) ur_[c] = u;
       hh += double(u) * double(u);  // h from the rounded u: identical rows give d2 = a_i + a_j exactly
@@ -166,13 +185,13 @@ struct Problem {
 template <class T, class E>
 double refine_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, int i, int jj, bool grad) {
   const int64_t gi = ta * TS + i, gj = tb * TS + jj, k = pr.L.k, sk = pr.L.stride_k;
-  const double ri = pr.rinv[b * pr.L.N + gi], rj = pr.rinv[b * pr.L.N + gj];
+  const double ri = pr.r[b * pr.L.N + gi], rj = pr.r[b * pr.L.N + gj];
   const double aij = pr.a[b * pr.L.N + gi] + pr.a[b * pr.L.N + gj];
   const T* xi = pr.row(b, gi);
   const T* xj = pr.row(b, gj);
   double d2 = aij, d2p = aij;
   for (int64_t c = 0; c < k; ++c) {
-    double ui = double(xi[c * sk]) * ri, uj = double(xj[c * sk]) * rj;
+    const double ui = Problem<T>::unit(xi[c * sk], ri), uj = Problem<T>::unit(xj[c * sk], rj);
     d2 += (ui - uj) * (ui - uj);
     d2p += (ui + uj) * (ui + uj);
   }
@@ -182,7 +201,7 @@ double refine_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, int 
     T* va = pr.vt(b, ta);
     T* vb = pr.vt(b, tb);
     for (int64_t c = 0; c < k; ++c) {
-      double ui = double(xi[c * sk]) * ri, uj = double(xj[c * sk]) * rj;
+      const double ui = Problem<T>::unit(xi[c * sk], ri), uj = Problem<T>::unit(xj[c * sk], rj);
       va[c * TS + i] += T(al * (ui - uj) + be * (ui + uj));
       vb[c * TS + jj] += T(al * (uj - ui) + be * (ui + uj));
     }
@@ -226,7 +245,7 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
   const T* ha = pr.h.get() + b * pr.Npad + ta * TS;
   const T* hb = pr.h.get() + b * pr.Npad + tb * TS;
   const int nA = pr.rows_in(ta), nB = pr.rows_in(tb);
-  const T s = T(pr.P.s), delta = T(pr.P.delta), tau = T(kTau);
+  const T s = T(pr.P.s), delta = T(pr.P.delta), tau = pr.tau;
   I lane;
   for (int l = 0; l < W; ++l) lane[l] = l;
   V hbv[NV];
@@ -342,7 +361,7 @@ template <class T, class E, int K>
 __attribute__((always_inline)) inline void small_vector(
     const T (&ui)[kSmallRows][K], const T (&m2ui)[kSmallRows][K], const T (&hi)[kSmallRows],
     const typename simd::Mask<T>::M (&valid)[kSmallRows], const T* ub, const T* hb, T* vb, int v, T s, T delta,
-    bool grad, typename Problem<T>::V (&racc)[kSmallRows][K], typename Problem<T>::V& fsum,
+    T tau, bool grad, typename Problem<T>::V (&racc)[kSmallRows][K], typename Problem<T>::V& fsum,
     typename simd::Mask<T>::M (&near_out)[kSmallRows]) {
   using V = typename Problem<T>::V;
   using Mk = simd::Mask<T>;
@@ -356,8 +375,8 @@ __attribute__((always_inline)) inline void small_vector(
     V d2 = hij;  // h_i + h_j - 2 u_i.u_j as one FMA chain (m2ui = -2 u_i)
     for (int c = 0; c < K; ++c) d2 += m2ui[r][c] * ubv[c];
     const V d2p = T(2) * hij - d2;
-    auto near = Mk::lt(d2, T(kTau));
-    if constexpr (E::uses_d2p) near |= Mk::lt(d2p, T(kTau));
+    auto near = Mk::lt(d2, tau);
+    if constexpr (E::uses_d2p) near |= Mk::lt(d2p, tau);
     V F, al, be;
     E::eval(d2, d2p, s, delta, F, al, be);
     const auto ok = valid[r] & ~near;
@@ -417,7 +436,7 @@ double super_pair_small(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, 
           typename Mk::M valid[R], near[R];
           for (int r = 0; r < R; ++r)
             valid[r] = v >= ffirst && v < flast ? Mk::all() : Mk::lanes(jlo[r] - v * W, nB - v * W);
-          small_vector<T, E, K>(ui, m2ui, hi, valid, ub, hb, vb, v, s, delta, grad, racc, fsum, near);
+          small_vector<T, E, K>(ui, m2ui, hi, valid, ub, hb, vb, v, s, delta, pr.tau, grad, racc, fsum, near);
           if (Mk::any(near[0] | near[1]))  // rare: pairs left out above, recomputed in float64
             for (int r = 0; r < R; ++r)
               for (int l = 0; l < W; ++l)
@@ -486,7 +505,7 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
 #pragma omp for schedule(static)
     for (int64_t flat = 0; flat < B * N; ++flat) {
       const int64_t b = flat / N, i = flat % N, t = i / TS, ii = i % TS;
-      const double ai = pr.a[flat], ri = pr.rinv[flat];
+      const double ai = pr.a[flat], ri = pr.r[flat];
       double dself = 0;
       if (Half) {  // (u_i, -u_i): d2 = 4 ||u||^2 + 2a = 4 - 2a, d2p = 2a, a function of a alone
         double F, al, be;
@@ -502,13 +521,14 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
       double dot = 0;
       for (int64_t c = 0; c < k; ++c) {
         double vc = double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0);
-        dot += vc * double(xr[c * sk]) * ri;
+        dot += vc * Problem<T>::unit(xr[c * sk], ri);
       }
       const double radial = dot + ai * (pr.aref[b * pr.Npad + i] + dself);
       T* g = grad + flat * k;
       for (int64_t c = 0; c < k; ++c) {
         double vc = double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0);
-        g[c] = T(2.0 * ri * (vc - radial * double(xr[c * sk]) * ri));
+        // d u / d x = (I - u u^T) / r; a zero row with eps = 0 (r = 0) has no derivative: 0
+        g[c] = ri > 0 ? T(2.0 * (vc - radial * Problem<T>::unit(xr[c * sk], ri)) / ri) : T(0);
       }
     }
   }

@@ -1,0 +1,69 @@
+"""Tolerances of the tests, stated once, and the helpers that apply them.
+
+float64: kernel and reference both compute in float64. The kernel forms d2 of
+  pairs with d2 >= 2^-8 in the gram form h_i + h_j - 2 u_i.u_j, which rounds to
+  about 4 eps64 = 9e-16 absolute: at most 2.3e-13 relative; exponents s <= 2
+  and the angle's derivatives at most triple that. Hence 1e-12, for the energy
+  relative to (|E| + number of pairs) (each pair's f is O(1) in these tests,
+  and log energies mix signs, so |E| alone can be tiny) and for the gradient
+  relative to max |g|. Measured worst over the test matrix: 3e-13.
+float32 (and float16/bfloat16, which are computed in float32): the issue's
+  accuracy contract against the float64 evaluation of the same input:
+  energy 1e-6 relative, gradient 1e-3 of max |g|. Measured worst: 1.5e-7 and
+  1e-4. A 16-bit gradient is additionally rounded to its dtype on return:
+  2^-11 (float16) and 2^-8 (bfloat16) of max |g| are added for that.
+The gradient scale is max(max |g|, 1): with the O(1) inputs of these tests one
+pair adds O(1) terms to a row's gradient, and rounding is relative to those
+terms even where they cancel to much less (one point in half space: only
+eps / (|x|^2 + eps) ~ 1e-4 of them survives).
+"""
+
+import pytest
+import torch
+
+import comhe_kernels
+
+ENERGY_TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-6, torch.bfloat16: 1e-6}
+GRAD_TOL = {torch.float64: 1e-12, torch.float32: 1e-3, torch.float16: 1e-3 + 2**-11, torch.bfloat16: 1e-3 + 2**-8}
+
+
+def assert_energy_close(e, e_ref, dtype, pairs):
+    """|e - e_ref| <= tol (|e_ref| + pairs), elementwise, inf matching inf."""
+    e, e_ref = e.detach().double(), e_ref.detach().double()
+    assert e.shape == e_ref.shape
+    same_inf = torch.isinf(e) & (e == e_ref)
+    err = torch.where(same_inf, torch.zeros_like(e), (e - e_ref).abs())
+    bound = ENERGY_TOL[dtype] * (e_ref.abs().nan_to_num(posinf=0.0) + max(pairs, 1))
+    assert bool((err <= bound).all()), f"energy {e.tolist()} vs reference {e_ref.tolist()} ({dtype})"
+
+
+def assert_grad_close(g, g_ref, dtype):
+    """max |g - g_ref| <= tol * max(max |g_ref|, 1) (the metric of the accuracy contract)."""
+    g, g_ref = g.detach().double(), g_ref.detach().double()
+    assert g.shape == g_ref.shape
+    scale = max(g_ref.abs().max().item(), 1.0)
+    err = (g - g_ref).abs().max().item()
+    assert err <= GRAD_TOL[dtype] * scale, (
+        f"gradient error {err:.3e} vs max |g| {scale:.3e} ({dtype})"
+    )
+
+
+def energy_and_grad(x, *args, **kwargs):
+    """The energy and its gradient w.r.t. x through the public API."""
+    x = x.detach().clone().requires_grad_()
+    e = comhe_kernels.hyperspherical_energy(x, *args, **kwargs)
+    (g,) = torch.autograd.grad(e.sum(), x)
+    return e.detach(), g
+
+
+def reference_energy_and_grad(x, *args, **kwargs):
+    """The same through the float64 reference, on the same input values."""
+    x = x.detach().double().clone().requires_grad_()
+    e = comhe_kernels.reference.hyperspherical_energy(x, *args, **kwargs)
+    (g,) = torch.autograd.grad(e.sum(), x)
+    return e.detach(), g
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

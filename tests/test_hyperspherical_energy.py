@@ -1,0 +1,456 @@
+"""The fused op against the reference: every variant, ragged and adversarial
+inputs, autograd, torch.library checks, torch.compile, bad input, accuracy.
+
+Tolerances live in conftest.py (one table per dtype, with the reasoning).
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import (
+    assert_energy_close,
+    assert_grad_close,
+    energy_and_grad,
+    reference_energy_and_grad,
+)
+
+import comhe_kernels
+from comhe_kernels import hyperspherical_energy, num_pairs
+
+POWERS = [0, 1, 2, 0.5, 3.5, "a0", "a1", "a2", "a1.5"]
+RAGGED_N = [1, 2, 3, 19, 97, 1025]
+
+
+def op(x, kind="chordal", s=1.0, half=False, eps=1e-4, delta=1e-4, grad=True):
+    comhe_kernels._extension.load()
+    return torch.ops.comhe.hyperspherical_energy(x, kind, s, half, eps, delta, grad)
+
+
+# ---- the op equals the reference ---------------------------------------------
+
+
+@pytest.mark.parametrize("power", POWERS)
+@pytest.mark.parametrize("half_space", [False, True])
+@pytest.mark.parametrize("n", RAGGED_N)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_reference(power, half_space, n, dtype):
+    k = 3 if n > 100 else 5
+    x = torch.randn(2, n, k, dtype=dtype)
+    kw = dict(half_space=half_space, reduction="none")
+    e, g = energy_and_grad(x, power, backend="cpu", **kw)
+    e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
+    assert e.dtype == dtype and g.dtype == dtype
+    assert_energy_close(e, e_ref, dtype, num_pairs(n, half_space))
+    assert_grad_close(g, g_ref, dtype)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7, 8, 9, 16, 33, 70])
+@pytest.mark.parametrize("power", [1, "a2"])
+def test_every_coordinate_path(k, power):
+    """k <= 8 takes the fused one-pass path (3, 4 and 8 wide), larger k the tile
+    GEMMs, k >= 16 with coordinate vectors on the row side."""
+    x = torch.randn(3, 150, k, dtype=torch.float64)
+    for half_space in (False, True):
+        e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend="cpu")
+        e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="none")
+        assert_energy_close(e, e_ref, torch.float64, num_pairs(150, half_space))
+        assert_grad_close(g, g_ref, torch.float64)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_reductions(reduction, batched):
+    x = torch.randn(3, 40, 6, dtype=torch.float64) if batched else torch.randn(40, 6, dtype=torch.float64)
+    for half_space in (False, True):
+        e = hyperspherical_energy(x, 2, half_space=half_space, reduction=reduction, backend="cpu")
+        e_ref = comhe_kernels.reference.hyperspherical_energy(x, 2, half_space=half_space, reduction=reduction)
+        assert e.shape == e_ref.shape == ((3,) if batched and reduction == "none" else ())
+        assert_energy_close(e, e_ref, torch.float64, num_pairs(40, half_space))
+
+
+def test_reductions_relate():
+    """mean = sum / (B * pairs); none = per-set sums; the sets are independent."""
+    x = torch.randn(4, 33, 5, dtype=torch.float64)
+    none = hyperspherical_energy(x, 1, reduction="none")
+    total = hyperspherical_energy(x, 1, reduction="sum")
+    mean = hyperspherical_energy(x, 1, reduction="mean")
+    torch.testing.assert_close(total, none.sum(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(mean, total / (4 * num_pairs(33)), rtol=1e-14, atol=0)
+    for b in range(4):
+        torch.testing.assert_close(hyperspherical_energy(x[b], 1, reduction="sum"), none[b], rtol=1e-14, atol=0)
+
+
+# ---- layouts ------------------------------------------------------------------
+
+
+def test_strided_inputs():
+    base = torch.randn(3, 90, 14, dtype=torch.float64)
+    views = {
+        "every other row and column": base[:, ::2, ::3],
+        "transposed storage": base.transpose(1, 2).contiguous().transpose(1, 2),
+        "batch stride 0": base[:1].expand(3, 90, 14),
+        "sliced set": base[1:, 5:77, 2:9],
+    }
+    for name, x in views.items():
+        e, g = energy_and_grad(x, "a1", half_space=True, reduction="none", backend="cpu")
+        e_ref, g_ref = reference_energy_and_grad(x.contiguous(), "a1", half_space=True, reduction="none")
+        assert_energy_close(e, e_ref, torch.float64, num_pairs(x.shape[1], True)), name
+        assert_grad_close(g, g_ref, torch.float64)
+
+
+def test_batched_equals_separate_calls():
+    x = torch.randn(5, 70, 3)
+    together = hyperspherical_energy(x, 1, reduction="none")
+    for b in range(5):
+        assert hyperspherical_energy(x[b], 1, reduction="sum") == together[b]
+
+
+def test_result_independent_of_thread_count():
+    """The schedule depends on N only, so every sum is formed in the same order."""
+    x = torch.randn(2, 3000, 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        e1, g1 = energy_and_grad(x, 1, reduction="none")
+        torch.set_num_threads(max(2, threads))
+        e2, g2 = energy_and_grad(x, 1, reduction="none")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(e1, e2) and torch.equal(g1, g2)
+
+
+# ---- adversarial inputs --------------------------------------------------------
+
+
+def _adversarial(dtype):
+    """Rows that break the textbook formulas: near and exact duplicates, near and
+    exact antipodes, zero rows, tiny and huge rows, one coordinate dominant."""
+    x = torch.randn(60, 4, dtype=torch.float64)
+    x[1] = x[0] + 1e-7
+    x[2] = x[0] * (1 + 1e-9)
+    x[3] = x[0]
+    x[4] = -x[0] + 1e-8
+    x[5] = -x[0]
+    x[6] = 0
+    x[7] = 1e-20
+    x[8] = x[9] * 1e12
+    x[10] = torch.tensor([1.0, 1e-6, 0, 0], dtype=torch.float64)
+    x[11] = torch.tensor([1.0, -1e-6, 0, 0], dtype=torch.float64)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("power", POWERS)
+@pytest.mark.parametrize("half_space", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_close_antipodal_and_zero_rows(power, half_space, dtype):
+    x = _adversarial(dtype)
+    e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend="cpu")
+    e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="sum")
+    assert torch.isfinite(e) and torch.isfinite(g).all()
+    assert_energy_close(e, e_ref, dtype, num_pairs(60, half_space))
+    assert_grad_close(g, g_ref, dtype)
+
+
+def test_eps_zero_conventions():
+    """eps = 0: a zero row has cosine 0 with everything and gradient 0; exact
+    duplicates make the chordal energy infinite (gradient undefined, NaN) and
+    the angular one finite (its subgradient at theta = 0 is 0)."""
+    x = torch.randn(10, 3, dtype=torch.float64)
+    x[0] = 0
+    e, g = energy_and_grad(x, 1, eps=0.0, reduction="sum")
+    e_ref, g_ref = reference_energy_and_grad(x, 1, eps=0.0, reduction="sum")
+    assert_energy_close(e, e_ref, torch.float64, 45)
+    assert_grad_close(g, g_ref, torch.float64)
+    assert torch.equal(g[0], torch.zeros(3, dtype=torch.float64))
+    x[1] = x[2]
+    e, g = energy_and_grad(x, 1, eps=0.0, reduction="sum")
+    assert e == math.inf and torch.isnan(g[1]).all() and torch.isfinite(g[3:]).all()
+    e, g = energy_and_grad(x, "a1", eps=0.0, reduction="sum")
+    e_ref, g_ref = reference_energy_and_grad(x, "a1", eps=0.0, reduction="sum")
+    assert torch.isfinite(e) and torch.isfinite(g).all()
+    assert_energy_close(e, e_ref, torch.float64, 45)
+    assert_grad_close(g, g_ref, torch.float64)
+
+
+def test_one_coordinate():
+    """k = 1: every pair coincident or antipodal; the angle is 0 or pi exactly."""
+    x = torch.randn(2, 41, 1, dtype=torch.float64)
+    for power in (1, "a1", "a0"):
+        for eps in (1e-4, 0.0):
+            e, g = energy_and_grad(x, power, half_space=True, eps=eps, reduction="none")
+            e_ref, g_ref = reference_energy_and_grad(x, power, half_space=True, eps=eps, reduction="none")
+            assert_energy_close(e, e_ref, torch.float64, num_pairs(41, True))
+            if torch.isfinite(e).all():
+                assert_grad_close(g, g_ref, torch.float64)
+
+
+def test_scale_invariance_with_huge_rows():
+    """With eps = 0 the energy depends on directions only, even for rows whose
+    squared norm overflows float64."""
+    x = torch.randn(30, 5, dtype=torch.float64)
+    scaled = x * torch.logspace(-150, 200, 30, dtype=torch.float64)[:, None]
+    e = hyperspherical_energy(x, 1, eps=0.0, reduction="sum")
+    e_scaled = hyperspherical_energy(scaled, 1, eps=0.0, reduction="sum")
+    torch.testing.assert_close(e_scaled, e, rtol=1e-13, atol=0)
+
+
+def test_empty_and_single_point_sets():
+    for n in (0, 1):
+        x = torch.randn(2, n, 3, requires_grad=True)
+        e = hyperspherical_energy(x, 1, reduction="none")
+        assert e.tolist() == [0.0, 0.0]
+        assert hyperspherical_energy(x, 1, reduction="mean").item() == 0.0
+        e.sum().backward()
+        assert x.grad.shape == x.shape and not x.grad.any()
+    # half-space with one point: the single pair (u, -u), d^2 = 4 - 2a
+    x = torch.randn(1, 3, dtype=torch.float64)
+    a = 1e-4 / (x.square().sum() + 1e-4)
+    e = hyperspherical_energy(x, 1, half_space=True, reduction="sum")
+    torch.testing.assert_close(e, (4 - 2 * a) ** -0.5, rtol=1e-15, atol=0)
+    assert num_pairs(1, True) == 1 and num_pairs(0, True) == 0 and num_pairs(1) == 0
+
+
+def test_empty_batch():
+    x = torch.randn(0, 5, 3)
+    assert hyperspherical_energy(x, 1, reduction="none").shape == (0,)
+    assert hyperspherical_energy(x, 1, reduction="sum").item() == 0.0
+
+
+# ---- known configurations -----------------------------------------------------
+
+
+def _icosahedron():
+    phi = (1 + 5**0.5) / 2
+    v = []
+    for a in (-1.0, 1.0):
+        for b in (-1.0, 1.0):
+            v += [(0, a, b * phi), (a, b * phi, 0), (b * phi, 0, a)]
+    return torch.tensor(v, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_known_configurations(backend):
+    def energy(x, power=1):
+        return hyperspherical_energy(x, power, eps=0.0, reduction="sum", backend=backend).item()
+
+    assert energy(_icosahedron()) == pytest.approx(49.165253058, rel=1e-10)
+    assert energy(torch.tensor([[0.0, 0, 1], [0, 0, -3]])) == pytest.approx(0.5, rel=1e-15)
+    for k in (2, 3, 7, 20):
+        # regular simplex: k+1 points with cosine -1/k, d^2 = 2 + 2/k
+        simplex = torch.eye(k + 1, dtype=torch.float64) - 1 / (k + 1)
+        d2 = 2 + 2 / k
+        assert energy(simplex) == pytest.approx((k + 1) * k / 2 * d2**-0.5, rel=1e-13)
+        assert energy(simplex, 0) == pytest.approx(-(k + 1) * k / 2 * 0.5 * math.log(d2), rel=1e-13)
+        assert energy(simplex, "a2") == pytest.approx(
+            (k + 1) * k / 2 * (math.acos(-1 / k) / math.pi + 1e-4) ** -2, rel=1e-12
+        )
+        # cross-polytope: 2k points, k antipodal pairs (d^2 = 4), the rest orthogonal (d^2 = 2)
+        cross = torch.cat([torch.eye(k, dtype=torch.float64), -torch.eye(k, dtype=torch.float64)])
+        orth = num_pairs(2 * k) - k
+        assert energy(cross, 2) == pytest.approx(k / 4 + orth / 2, rel=1e-13)
+
+
+def test_half_space_is_the_doubled_set():
+    """half_space=True equals the full-space energy of the 2N rows [x; -x]."""
+    x = torch.randn(2, 57, 6, dtype=torch.float64)
+    for power in (1, 0, "a1"):
+        half = hyperspherical_energy(x, power, half_space=True, reduction="none")
+        doubled = hyperspherical_energy(torch.cat([x, -x], dim=1), power, reduction="none")
+        torch.testing.assert_close(half, doubled, rtol=1e-12, atol=0)
+
+
+def test_original_code_conventions():
+    """The original MHE formulas, transcribed: power 0 is -log(d^2) there
+    (squared_log=True), powers 1 and 2 are (d^2)^(-1/2) and (d^2)^-1, the
+    angular ones use arccos(c)/pi + 1e-4; energies are means over pairs."""
+    w = torch.randn(20, 9, dtype=torch.float64)
+    w_hat = w / torch.sqrt(w.square().sum(1, keepdim=True) + 1e-4)
+    c = w_hat @ w_hat.T
+    i, j = torch.triu_indices(20, 20, 1)
+    c = c[i, j]
+    d2 = 2 - 2 * c
+    theta = torch.arccos(c) / math.pi
+    expected = {
+        0: -torch.log(d2).mean(),
+        1: d2.pow(-0.5).mean(),
+        2: d2.pow(-1).mean(),
+        "a0": -torch.log(theta + 1e-4).mean(),
+        "a1": (theta + 1e-4).pow(-1).mean(),
+        "a2": (theta + 1e-4).pow(-2).mean(),
+    }
+    for power, value in expected.items():
+        got = hyperspherical_energy(w, power, squared_log=True)
+        torch.testing.assert_close(got, value, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        hyperspherical_energy(w, 0, squared_log=True), 2 * hyperspherical_energy(w, 0), rtol=1e-15, atol=0
+    )
+
+
+# ---- dtypes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_inputs(dtype):
+    """Computed in float32 from the exact 16-bit values; the gradient comes back in x's dtype."""
+    x = torch.randn(2, 300, 8).to(dtype)
+    e, g = energy_and_grad(x, 1, half_space=True, reduction="none")
+    assert e.dtype == torch.float32 and g.dtype == dtype
+    e_ref, g_ref = reference_energy_and_grad(x, 1, half_space=True, reduction="none")
+    assert_energy_close(e, e_ref, dtype, num_pairs(300, True))
+    assert_grad_close(g, g_ref, dtype)
+
+
+# ---- autograd, torch.library, torch.compile -----------------------------------
+
+
+@pytest.mark.parametrize("power", POWERS)
+@pytest.mark.parametrize("half_space", [False, True])
+@pytest.mark.parametrize("eps", [1e-4, 0.0])
+def test_gradcheck(power, half_space, eps):
+    x = torch.randn(2, 11, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: hyperspherical_energy(t, power, half_space=half_space, eps=eps, reduction="none", backend="cpu")
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_gradcheck_through_the_wide_path():
+    x = torch.randn(1, 70, 20, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: hyperspherical_energy(t, "a2", half_space=True, backend="cpu")  # mean: O(1) values for finite differences
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_forward_only_call_skips_the_gradient():
+    x = torch.randn(2, 50, 3)
+    energy, grad = op(x, grad=False)
+    assert grad.numel() == 0
+    energy_g, grad_g = op(x, grad=True)
+    assert torch.equal(energy, energy_g) and grad_g.shape == x.shape
+    with torch.no_grad():
+        assert hyperspherical_energy(x.requires_grad_(), 1).grad_fn is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (torch.randn(2, 37, 3), "chordal", 1.0, False, 1e-4, 1e-4, True),
+        (torch.randn(1, 70, 19, dtype=torch.float64), "angular", 2.0, True, 0.0, 1e-4, True),
+        (torch.randn(3, 5, 2), "chordal", 0.0, True, 1e-4, 1e-4, False),
+        (torch.randn(2, 9, 4, dtype=torch.float64, requires_grad=True), "chordal", 2.0, False, 1e-4, 1e-4, True),
+    ],
+)
+def test_opcheck(args):
+    comhe_kernels._extension.load()
+    torch.library.opcheck(torch.ops.comhe.hyperspherical_energy.default, args)
+
+
+def test_torch_compile_fullgraph():
+    x = torch.randn(2, 64, 5, requires_grad=True)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(t):
+        return hyperspherical_energy(t, 2, half_space=True) + t.square().mean()
+
+    out = loss(x)
+    (g,) = torch.autograd.grad(out, x)
+    expected = hyperspherical_energy(x, 2, half_space=True) + x.square().mean()
+    (g_ref,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_meta_tensors_give_shapes():
+    comhe_kernels._extension.load()
+    x = torch.empty(3, 100, 7, device="meta")
+    energy, grad = op(x)
+    assert energy.shape == (3,) and energy.dtype == torch.float64 and grad.shape == x.shape
+
+
+# ---- bad input --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: hyperspherical_energy([[1.0, 2.0]]), TypeError, "x must be a torch.Tensor"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3, dtype=torch.int64)), TypeError, "x must be a real floating"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3, dtype=torch.complex64)), TypeError, "x must be a real floating"),
+        (lambda: hyperspherical_energy(torch.ones(4)), ValueError, r"x must have shape \(N, k\)"),
+        (lambda: hyperspherical_energy(torch.ones(2, 2, 4, 3)), ValueError, r"x must have shape \(N, k\)"),
+        (lambda: hyperspherical_energy(torch.ones(4, 0)), ValueError, "k >= 1"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), power=-1), ValueError, "power must be finite and >= 0"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), power=math.nan), ValueError, "power must be finite"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), power="b2"), ValueError, "power must be a real"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), power=True), TypeError, "power must be a real"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), reduction="avg"), ValueError, "reduction must be one of"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), backend="gpu"), ValueError, "backend must be one of"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), backend="cuda"), ValueError, "not part of this build"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), eps=-1e-4), ValueError, "eps must be finite and >= 0"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), eps=math.inf), ValueError, "eps must be finite"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), "a1", delta=0.0), ValueError, "delta must be > 0"),
+        (lambda: hyperspherical_energy(torch.ones(4, 3), half_space=1), TypeError, "half_space must be a bool"),
+    ],
+)
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_non_finite_input_is_an_error(bad, backend):
+    x = torch.randn(2, 30, 3)
+    x[1, 17, 2] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        hyperspherical_energy(x, 1, backend=backend)
+
+
+def test_op_level_checks_name_the_argument():
+    x = torch.randn(1, 5, 3)
+    with pytest.raises(ValueError, match="kind must be 'chordal' or 'angular'"):
+        op(x, kind="euclid")
+    with pytest.raises(ValueError, match="x must have shape \\(B, N, k\\)"):
+        op(torch.randn(5, 3))
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        op(x.half())
+    with pytest.raises(ValueError, match="s must be finite and >= 0"):
+        op(x, s=-2.0)
+    with pytest.raises(ValueError, match="set 0, row 3"):
+        x[0, 3, 0] = math.nan
+        op(x)
+
+
+# ---- the accuracy contract ---------------------------------------------------------
+
+
+def _with_close_pairs(n, k, dtype):
+    """Random points plus planted near-duplicates and near-antipodes."""
+    x = torch.randn(n, k, dtype=torch.float64)
+    m = n // 50
+    x[1 : 2 * m : 2] = x[0 : 2 * m : 2] + 1e-5 * torch.randn(m, k, dtype=torch.float64)
+    x[2 * m : 4 * m : 2] = -x[2 * m + 1 : 4 * m : 2] + 1e-6 * torch.randn(m, k, dtype=torch.float64)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize(
+    "n, k, power, half_space, eps",
+    [
+        (16384, 3, 1, False, 0.0),
+        (16384, 3, 1, False, 1e-4),
+        (16384, 3, 2, True, 1e-4),
+        (16384, 3, "a2", False, 1e-4),
+        (16384, 32, 1, False, 1e-4),
+        (4096, 256, 0, True, 1e-4),
+        (65536, 3, 1, False, 1e-4),
+    ],
+)
+def test_float32_accuracy_contract(n, k, power, half_space, eps):
+    """float32 input: energy within 1e-6 relative and gradient within 1e-3 of max |g|
+    of the float64 evaluation of the same input, close pairs included. (The
+    float64 evaluation is the kernel in float64, which the tests above tie to
+    the reference.)"""
+    x = _with_close_pairs(n, k, torch.float32)
+    kw = dict(half_space=half_space, eps=eps, reduction="sum")
+    e32, g32 = energy_and_grad(x, power, **kw)
+    e64, g64 = energy_and_grad(x.double(), power, **kw)
+    assert abs(e32.item() - e64.item()) <= 1e-6 * abs(e64.item())
+    assert_grad_close(g32, g64, torch.float32)
