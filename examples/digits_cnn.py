@@ -295,6 +295,7 @@ def conditions_of(args, data) -> dict:
         "split_seed": args.split_seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"), "cpu": _cpu_name(),
         "machine": f"{os.cpu_count()} logical cores, {platform.machine()}", "git": sha,
+        "load_average_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -341,6 +342,7 @@ def main(argv=None) -> None:
     table = summarize(results, args.methods)
     timing = timing_table(args)
     conditions["total_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    conditions["load_average_at_end"] = round(os.getloadavg()[0], 2)  # other users of the machine count too
     text = markdown(table, timing, conditions)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
