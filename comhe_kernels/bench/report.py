@@ -1,0 +1,258 @@
+"""The results: a rich table, CSV and JSON rows that say where and how they were
+measured (and the command that measures each again), and the plot."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .cases import FLOP_MODEL, MIB, BenchOptions
+from .runner import case_of
+
+# The columns of the CSV and of each JSON row, in this order.
+ROW_FIELDS = (
+    "provider", "status", "reason",
+    "n", "k", "power", "half_space", "dtype", "mode", "device", "seed", "pairs",
+    "check", "energy", "energy_rel_err", "grad_rel_err",
+    "time_median_s", "time_p20_s", "time_p80_s", "reps",
+    "peak_extra_bytes", "peak_extra_mib", "memory_method",
+    "pairs_per_s", "gflops", "peak_gflops", "fraction_of_peak", "flop_model",
+    "speedup_vs_reference", "speedup_vs_keops",
+    "device_name", "threads", "omp_wait_policy", "torch", "pykeops", "triton", "comhe_kernels", "python",
+    "git_sha", "timestamp", "command",
+)  # fmt: skip
+
+
+def environment(devices: tuple, threads: int) -> dict:
+    """Where and with what the rows are measured."""
+    names = [torch.cuda.get_device_name() if d == "cuda" else cpu_name() for d in devices]
+    return {
+        "device_name": "; ".join(names),
+        "threads": threads or torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "torch": torch.__version__,
+        "pykeops": _dist_version("pykeops"),
+        "triton": _dist_version("triton"),
+        "comhe_kernels": __version__,
+        "python": platform.python_version(),
+        "git_sha": git_sha(),
+    }
+
+
+def cpu_name() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def git_sha() -> str:
+    """The checkout's commit, with "+dirty" when it has changes; "" outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return ""
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def row_command(row: dict, options: BenchOptions) -> str:
+    """The command that measures this row again."""
+    args = [
+        "python", "-m", "comhe_kernels.bench",
+        "--providers", row["provider"],
+        "--n", str(row["n"]), "--k", str(row["k"]), "--power", row["power"],
+        "--half-space", "yes" if row["half_space"] else "no",
+        "--dtype", row["dtype"], "--mode", row["mode"], "--device", row["device"],
+        "--seed", str(row["seed"]), "--threads", str(row["threads"]),
+    ]  # fmt: skip
+    if options.strict:
+        args.append("--strict")
+    return f"OMP_WAIT_POLICY={row['omp_wait_policy']} " + shlex.join(args)
+
+
+def finish_rows(rows: list, env: dict, options: BenchOptions) -> None:
+    """Add the environment, MiB, the FLOP model and each row's command."""
+    for row in rows:
+        for name, value in env.items():
+            row.setdefault(name, value)
+        if row.get("peak_extra_bytes") is not None:
+            row["peak_extra_mib"] = row["peak_extra_bytes"] / MIB
+        if row.get("time_median_s"):
+            row["flop_model"] = FLOP_MODEL
+        row["command"] = row_command(row, options)
+
+
+def _json_value(value):
+    """JSON has no NaN or infinity: null and the strings "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_csv(path: str, rows: list) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({name: "" if row.get(name) is None else row[name] for name in ROW_FIELDS})
+
+
+def write_json(path: str, rows: list, meta: dict, verdicts: list) -> None:
+    """{"meta": the run, "rows": [ROW_FIELDS each], "criteria": the preset's verdicts}."""
+    doc = {
+        "meta": meta,
+        "rows": [{name: _json_value(row.get(name)) for name in ROW_FIELDS} for row in rows],
+        "criteria": verdicts,
+    }
+    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def evaluate_criteria(criteria: tuple, rows: list) -> list:
+    """Each criterion with the measured value and PASS, FAIL or "not measured"."""
+    out = []
+    for c in criteria:
+        match = [r for r in rows if r["n"] == c.n and r["k"] == c.k and r["provider"] == c.provider]
+        row = match[0] if match else {}
+        if c.metric == "skipped":
+            value = row.get("reason")
+            verdict = "not measured" if not row else ("PASS" if row["status"] == "skipped" else "FAIL")
+        else:
+            value = row.get(c.metric)
+            if value is None:
+                verdict = "not measured"
+            elif c.metric.startswith("speedup"):
+                verdict = "PASS" if value >= c.bound else "FAIL"
+            else:
+                verdict = "PASS" if value <= c.bound else "FAIL"
+        out.append({"criterion": c.text, "value": _json_value(value), "bound": c.bound, "verdict": verdict})
+    return out
+
+
+def plot(path: str, rows: list, title: str) -> None:
+    """Median time and extra peak memory against N, log-log, one line per
+    provider; one row of panels per series (k, power, half space, dtype, mode,
+    device). Baselines that failed their check are dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = list(dict.fromkeys(case_of(r).series() for r in rows))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    fig, axes = plt.subplots(len(series), 2, figsize=(11, 3.8 * len(series)), squeeze=False)
+    for line, key in enumerate(series):
+        k, power, half, dtype, mode, device = key
+        for number, name in enumerate(providers):
+            pts = sorted(
+                (r for r in rows if r["provider"] == name and case_of(r).series() == key and r.get("time_median_s")),
+                key=lambda r: r["n"],
+            )
+            if not pts:
+                continue
+            inaccurate = any(r["status"] == "inaccurate" for r in pts)
+            style = dict(color=f"C{number}", marker="o", linestyle="--" if inaccurate else "-")
+            label = name + (" (inaccurate)" if inaccurate else "")
+            axes[line][0].plot([r["n"] for r in pts], [r["time_median_s"] for r in pts], label=label, **style)
+            mem = [r for r in pts if r.get("peak_extra_bytes") is not None]
+            # log axis: a peak below 1 KiB (a provider that allocates nothing new) is drawn at 1 KiB
+            mib = [max(r["peak_extra_bytes"], 1024) / MIB for r in mem]
+            axes[line][1].plot([r["n"] for r in mem], mib, label=label, **style)
+        what = f"k={k}, s={power}{', half space' if half else ''}, {dtype}, {mode}, {device}"
+        for ax, ylabel in zip(axes[line], ("median time per call (s)", "extra peak memory (MiB)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("N (points)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(what, fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.has_data():
+                ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt_seconds(s) -> str:
+    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def _fmt_time(row: dict) -> str:
+    if not row.get("time_median_s"):
+        return ""
+    lo, hi = row["time_p20_s"], row["time_p80_s"]
+    return f"{_fmt_seconds(row['time_median_s'])} ({_fmt_seconds(lo)}-{_fmt_seconds(hi)})"
+
+
+def _fmt_ratio(r) -> str:
+    return "" if r is None else (f"{r:.0f}x" if r >= 10 else f"{r:.2g}x")
+
+
+def _fmt_err(row: dict) -> str:
+    e, g = row.get("energy_rel_err"), row.get("grad_rel_err")
+    if e is None:
+        return ""
+    return f"{e:.1e}" + ("" if g is None else f" / {g:.1e}")
+
+
+def results_table(rows: list, title: str):
+    """A rich Table of the rows; the dimensions that are the same in every row
+    move to the caption."""
+    from rich.table import Table
+
+    dims = ("power", "half_space", "dtype", "mode", "device")
+    constant = [d for d in dims if len({r[d] for r in rows}) <= 1]
+    table = Table(title=title, header_style="bold")
+    columns = ["provider", "N", "k", *(d for d in dims if d not in constant)]
+    columns += ["error E / grad", "median (p20-p80)", "peak MiB", "GFLOP/s", "% peak", "vs ref", "vs keops", "status"]
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("provider", "status", *dims) else "right")
+    colors = {"ok": "green", "inaccurate": "yellow", "failed": "red", "skipped": "dim"}
+    for r in rows:
+        measured = r["status"] in ("ok", "inaccurate") and r.get("peak_extra_bytes") is not None
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or ''}"
+        table.add_row(
+            r["provider"],
+            str(r["n"]),
+            str(r["k"]),
+            *(str(r[d]) for d in dims if d not in constant),
+            _fmt_err(r),
+            _fmt_time(r),
+            f"{r['peak_extra_bytes'] / MIB:.1f}" if measured else "",
+            f"{r['gflops']:.3g}" if r.get("gflops") else "",
+            f"{100 * r['fraction_of_peak']:.0f}%" if r.get("fraction_of_peak") else "",
+            _fmt_ratio(r.get("speedup_vs_reference")),
+            _fmt_ratio(r.get("speedup_vs_keops")),
+            status,
+            style=colors.get(r["status"]),
+        )
+    if rows:
+        table.caption = ", ".join(f"{d}={rows[0][d]}" for d in constant)
+    return table
