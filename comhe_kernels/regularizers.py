@@ -288,8 +288,10 @@ class CoMHE(nn.Module):
 
     Layers with a single neuron have no pairs (and half-space gives the
     constant pair (w, -w)); they are skipped with a warning. Learned P live
-    in buffers (``state_dict``), not parameters, so that no optimizer of the
-    network can update them; they follow the weights' device and dtype.
+    in buffers ``projection_<i>`` for ``reg.layers[i]`` (``state_dict``), not
+    parameters, so that no optimizer of the network can update them; they
+    follow the weights' device and dtype. Call the regularizer once per
+    training step: each call in train mode moves P.
     """
 
     def __init__(

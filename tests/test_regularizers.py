@@ -10,7 +10,6 @@ summation orders (N <= 64 here). The float32 AP Gram-identity check uses
 """
 
 import math
-import os
 import warnings
 
 import pytest
