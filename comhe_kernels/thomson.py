@@ -1,0 +1,794 @@
+r"""comhe-thomson: the Thomson problem and its Riesz / log generalizations.
+
+Find N unit vectors x_1..x_N on the sphere S^{dim-1} in R^dim minimizing
+
+    E_s(x) = sum_{i<j} |x_i - x_j|^{-s}        (s > 0, Riesz; s = 1 is Thomson's Coulomb case)
+    E_0(x) = sum_{i<j} -log |x_i - x_j|        (s = 0, the log energy)
+
+with the energy and its gradient taken only from the package's fused op,
+``hyperspherical_energy(x, s, eps=0, reduction="none")`` (exact unit
+normalization; no N x N matrix is formed).
+
+Method
+------
+1. Starts: the spherical Fibonacci lattice for dim = 3 (already within about
+   1e-5 relative of the best known energy at large N, so relaxing it is the
+   whole job there), Gaussian directions otherwise and for the other starts.
+2. Local minimization: batched Riemannian L-BFGS on the product of spheres.
+   The op's gradient with respect to x flows through x / |x|, so at |x_i| = 1
+   it is already the tangential (Riemannian) gradient; the step is retracted
+   by normalizing every row, x_i <- (x_i + t d_i) / |x_i + t d_i|. Step length
+   by backtracking on the Armijo condition; where the energy change is below
+   its rounding (float64 sums of N^2/2 terms round at about 6e-16 relative,
+   measured) the approximate Wolfe test of Hager and Zhang decides instead, so
+   the iteration keeps converging in the gradient instead of stalling on
+   rounding. Stop when the RMS tangential gradient per point is at most
+   ``gtol * max(|E|, 1) / N`` (|E| / N is the energy per point: the test is
+   the same for any N, s and dim).
+3. Global search (population basin hopping): ``restarts`` starts are relaxed
+   together in one batched op call per step; then each generation makes as
+   many children, half by cut-and-splice mating (Deaven-Ho, as used for the
+   Thomson problem by Morris, Deaven and Ho, Phys. Rev. B 53, R1740 (1996):
+   the upper part of one randomly rotated parent joined to the lower part of
+   another), half by rotating a random cap of one member about its axis. A
+   relaxed child replaces the worst member when it is lower and not a copy of
+   one. The search ends when the best energy has not improved for
+   ``patience`` generations or at the time limit.
+4. Polish: the best configuration is minimized again in float64 to ``gtol``.
+
+Large N (more than ``_FLOAT32_ABOVE`` points): one start, relaxed in float32
+first (about 2.5x faster per evaluation on the CPU; the op accumulates the
+energy in float64 either way), then in float64 until the time limit.
+
+The best-known table shipped with the package (dim = 3, s = 1, N = 2..470) is
+used only to report how far a result is from the best known value; the
+solver never looks at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import numbers
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import _extension
+from .ops.hyperspherical_energy import hyperspherical_energy
+
+__all__ = ["ThomsonResult", "solve", "best_known_energy", "fibonacci_sphere", "riesz_energy", "main"]
+
+TABLE_PATH = Path(__file__).resolve().parent / "data" / "thomson_best_known.tsv"
+
+# More points than this: float32 relaxation first, then float64 (see module docstring).
+_FLOAT32_ABOVE = 20_000
+# L-BFGS memory: 10 pairs is the usual choice; more did not cut iterations at N = 200 or 10^4.
+_MEMORY = 10
+# Armijo constant and the Hager-Zhang approximate Wolfe constant delta.
+_ARMIJO_C1 = 1e-4
+_HZ_DELTA = 0.1
+# Backtracking steps before a set restarts from steepest descent. Each cuts the step by the
+# quadratic model's factor, clamped to [1/100, 1/2]: 30 of them reach 1e-60 of the first trial.
+_MAX_BACKTRACKS = 30
+# Relative size below which an energy change is rounding. float64 energies jitter by
+# 6e-16 relative along a line (measured, N = 100..10^4); float32 points give float64
+# sums of float32 pair terms whose rounding does not cancel: 3e-9 relative (N = 5000).
+_ENERGY_NOISE = {torch.float64: 1e-13, torch.float32: 1e-8}
+# The float32 phase ends when the energy fell by less than its noise over this many
+# iterations: there its gradient is rounding (at N = 5000 the float32 RMS gradient
+# levels off at 4e-3 while the float64 one at the same points is 1.4e-2).
+_FLOAT32_WINDOW = 50
+# Two local minima whose energies agree to this (relative) are taken to be one.
+_SAME_MINIMUM = 1e-10
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_positive(name: str, value, allow_none: bool = False) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+def _check_power(power) -> float:
+    if isinstance(power, bool) or not isinstance(power, numbers.Real):
+        raise TypeError(
+            f"power must be a real number s >= 0 (Riesz s > 0, 0 for the log energy), got {type(power).__name__}"
+        )
+    if not math.isfinite(power) or power < 0:
+        raise ValueError(
+            f"power must be finite and >= 0 (Riesz s > 0, 0 for the log energy), got {power!r}; "
+            "the fused op has no s < 0 (distance-maximizing) energies"
+        )
+    return float(power)
+
+
+# ---------------------------------------------------------------- energy
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise inner products, (B, N, k) x (B, N, k) -> (B, N, 1)."""
+    return (a * b).sum(-1, keepdim=True)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-set inner products, (B, N, k) x (B, N, k) -> (B,)."""
+    return (a * b).sum((1, 2))
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+class _EnergyGrad:
+    """E(x) per set (float64) and its tangential gradient, through the fused op.
+
+    On the CPU the registered op returns both in one pass, with the energy in
+    float64 also for float32 points. Elsewhere (a GPU backend, when one is
+    built) the public API with autograd gives the same through ``backend``.
+    Counts the evaluations.
+    """
+
+    def __init__(self, power: float, device: torch.device, backend: str):
+        self.power = power
+        self.backend = backend
+        self.evaluations = 0
+        self.fused_cpu = device.type == "cpu" and backend in ("auto", "cpu") and _extension.load() is None
+        if backend == "cpu" and not self.fused_cpu:
+            raise RuntimeError(f"backend 'cpu' is unavailable: {_extension.load()}")
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.evaluations += 1
+        if self.fused_cpu:
+            energy, grad = torch.ops.comhe.hyperspherical_energy(x, "chordal", self.power, False, 0.0, 1e-4, True)
+        else:
+            xg = x.detach().requires_grad_()
+            with torch.enable_grad():
+                energy = hyperspherical_energy(xg, self.power, eps=0.0, reduction="none", backend=self.backend)
+                (grad,) = torch.autograd.grad(energy.sum(), xg)
+            energy = energy.detach().double()
+        # The op's gradient is tangent up to rounding; removing the radial rest keeps
+        # L-BFGS's curvature pairs on the tangent spaces.
+        return energy, grad - _rowdot(grad, x) * x
+
+
+def riesz_energy(points, power=1.0) -> float:
+    """E_s of one point set (rows normalized exactly), float64, through the fused op.
+
+    Equivalent to ``hyperspherical_energy(torch.as_tensor(points, dtype=torch.float64),
+    power, eps=0.0, reduction="sum")``.
+    """
+    x = torch.as_tensor(np.asarray(points) if not isinstance(points, torch.Tensor) else points)
+    return float(hyperspherical_energy(x.double(), _check_power(power), eps=0.0, reduction="sum"))
+
+
+# ---------------------------------------------------------------- starts
+
+
+def fibonacci_sphere(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The spherical Fibonacci lattice: n points on S^2, shape (n, 3).
+
+    z_i = 1 - (2i + 1) / n, phi_i = 2 pi i / golden^2 (the golden angle), i = 0..n-1:
+    equal-area latitude bands with a quasi-uniform spiral in longitude.
+    """
+    n = _check_int("n", n, 1)
+    i = torch.arange(n, dtype=torch.float64)
+    z = 1.0 - (2.0 * i + 1.0) / n
+    r = torch.sqrt((1.0 - z * z).clamp_min(0.0))
+    golden_angle = math.pi * (3.0 - math.sqrt(5.0))
+    phi = golden_angle * i
+    x = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=1)
+    return x.to(dtype=dtype, device=device)
+
+
+def _random_points(count: int, n: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """count independent sets of n uniform points on S^{dim-1} (normalized Gaussians), float64, CPU."""
+    return _normalize(torch.randn(count, n, dim, generator=gen, dtype=torch.float64))
+
+
+def _random_orthogonal(k: int, gen: torch.Generator) -> torch.Tensor:
+    """A Haar-random k x k orthogonal matrix (QR of a Gaussian with the signs fixed)."""
+    q, r = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def _mate(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Cut-and-splice child of two (N, k) parents: after independent random rotations,
+    the top m points of a along the first axis and the bottom N - m of b, m uniform in 1..N-1."""
+    n, k = a.shape
+    a = a @ _random_orthogonal(k, gen).T
+    b = b @ _random_orthogonal(k, gen).T
+    m = int(torch.randint(1, n, (1,), generator=gen))
+    top = torch.argsort(a[:, 0], descending=True)[:m]
+    bottom = torch.argsort(b[:, 0])[: n - m]
+    return torch.cat([a[top], b[bottom]])
+
+
+def _rotate_cap(a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mutation: the points of a random cap holding 5-30% of a (N, k) set are turned
+    by a random orthogonal map of the directions orthogonal to the cap's axis
+    (a rotation about the axis on S^2; a reflection on the circle)."""
+    n, k = a.shape
+    axis = _normalize(torch.randn(k, generator=gen, dtype=torch.float64))
+    share = 0.05 + 0.25 * float(torch.rand((), generator=gen, dtype=torch.float64))
+    inside = torch.argsort(a @ axis, descending=True)[: max(1, round(share * n))]
+    # Basis [axis, V] of R^k; map p -> axis (axis.p) + V O V^T p.
+    basis = torch.linalg.qr(torch.cat([axis[:, None], torch.randn(k, k - 1, generator=gen, dtype=torch.float64)], 1))[0]
+    v = basis[:, 1:]
+    o = _random_orthogonal(k - 1, gen)
+    p = a[inside]
+    child = a.clone()
+    child[inside] = (p @ axis)[:, None] * axis + (p @ v) @ o.T @ v.T
+    return child
+
+
+# ---------------------------------------------------------------- local minimization
+
+
+RUNNING, CONVERGED, STALLED, MAX_ITER, TIME_LIMIT = "running", "converged", "stalled", "max_iter", "time_limit"
+
+
+@dataclass
+class _Minima:
+    """Results of one batched minimization, per set."""
+
+    x: torch.Tensor  # (B, N, k) unit rows
+    energy: torch.Tensor  # (B,) float64
+    grad_rms: torch.Tensor  # (B,) RMS tangential gradient per point
+    iterations: torch.Tensor  # (B,) int64
+    status: list[str]
+
+
+def _grad_rms(g: torch.Tensor) -> torch.Tensor:
+    return g.double().square().sum((1, 2)).div(g.shape[1]).sqrt()
+
+
+def _threshold(energy: torch.Tensor, n: int, gtol: float) -> torch.Tensor:
+    """The RMS gradient at which a set counts as converged: gtol * max(|E|, 1) / N."""
+    return gtol * energy.abs().clamp_min(1.0) / n
+
+
+def _rowmat(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """(B, L) vectors against (B, m, L) rows -> (B, m, 1) inner products.
+
+    As a (1 x L) @ (L x m) product: torch's batched matrix-vector form
+    (M @ v) took 6x longer at B = 16, L = 450 (measured, 1 thread).
+    """
+    return torch.bmm(v[:, None, :], M.transpose(1, 2)).transpose(1, 2)
+
+
+class _History:
+    """L-BFGS memory of a batch: the last ``_MEMORY`` pairs (s_i, y_i), oldest first.
+
+    S, Y: (B, m, N*k); SY[i, j] = s_i . y_j, kept up to date with two batched
+    products per step; rho_i = 1 / s_i . y_i, or 0 for a pair that is not used
+    (s . y <= 0, a set that did not move, a set whose memory was reset), which
+    makes that pair drop out of the recursion below exactly.
+    """
+
+    def __init__(self, b: int, size: int, like: torch.Tensor):
+        self.S = like.new_zeros((b, 0, size))
+        self.Y = like.new_zeros((b, 0, size))
+        self.SY = like.new_zeros((b, 0, 0))
+        self.rho = like.new_zeros((b, 0))
+
+    def direction(self, g: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        """-H g for the flattened gradients g (B, N*k), with H0 = h0 I.
+
+        The two-loop recursion of Nocedal & Wright (Alg. 7.4) with its inner
+        products taken from SY: the first loop's alpha solves the unit upper
+        triangular system alpha_i + rho_i sum_{j>i} (s_i.y_j) alpha_j = rho_i s_i.g,
+        the second loop's beta the unit lower triangular one
+        beta_i + rho_i sum_{j<i} (y_i.s_j) beta_j = rho_i (y_i.r0 + sum_{j<i} (y_i.s_j) alpha_j).
+        Six batched products instead of 4m vector operations: at small N the
+        recursion's launch overhead, not its flops, was the cost.
+        """
+        m = self.S.shape[1]
+        if m == 0:
+            return -h0[:, None] * g
+        eye = torch.eye(m, dtype=g.dtype, device=g.device)
+        rho = self.rho[:, :, None]
+        sg = _rowmat(g, self.S)
+        upper = self.SY.triu(1)
+        alpha = torch.linalg.solve_triangular(eye + rho * upper, rho * sg, upper=True, unitriangular=True)
+        r = h0[:, None] * (g - torch.bmm(alpha.transpose(1, 2), self.Y).squeeze(1))
+        lower = self.SY.transpose(1, 2).tril(-1)
+        rhs = rho * (_rowmat(r, self.Y) + torch.bmm(lower, alpha))
+        beta = torch.linalg.solve_triangular(eye + rho * lower, rhs, upper=False, unitriangular=True)
+        return -(r + torch.bmm((alpha - beta).transpose(1, 2), self.S).squeeze(1))
+
+    def push(self, s: torch.Tensor, y: torch.Tensor, rho: torch.Tensor) -> None:
+        drop = 1 if self.S.shape[1] == _MEMORY else 0
+        S = torch.cat([self.S[:, drop:], s[:, None]], 1)
+        Y = torch.cat([self.Y[:, drop:], y[:, None]], 1)
+        m = S.shape[1]
+        SY = self.SY.new_zeros((S.shape[0], m, m))
+        SY[:, : m - 1, : m - 1] = self.SY[:, drop:, drop:]
+        SY[:, m - 1, :] = _rowmat(s, Y).squeeze(2)
+        SY[:, :, m - 1] = _rowmat(y, S).squeeze(2)
+        self.S, self.Y, self.SY = S, Y, SY
+        self.rho = torch.cat([self.rho[:, drop:], rho[:, None]], 1)
+
+    def forget(self, mask: torch.Tensor) -> None:
+        """Drop every pair of the sets in mask."""
+        self.rho = torch.where(mask[:, None], torch.zeros_like(self.rho), self.rho)
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self.S, self.Y, self.SY, self.rho = self.S[mask], self.Y[mask], self.SY[mask], self.rho[mask]
+
+
+def _minimize(
+    x: torch.Tensor,
+    fg: _EnergyGrad,
+    *,
+    gtol: float,
+    max_iter: int,
+    deadline: float,
+    on_iter: Optional[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
+    window: Optional[int] = None,
+) -> _Minima:
+    """Batched Riemannian L-BFGS from unit-row starts x (B, N, k).
+
+    Sets that finish (converged, stalled, out of iterations or time) leave the
+    batch, so the op only evaluates the ones still running. ``on_iter(it,
+    index, energy, grad_rms)`` is called after every iteration with the
+    running sets' original indices, energies and RMS gradients. With
+    ``window``, a set also stops ("stalled") when its energy fell by less than
+    the energy's rounding over the last ``window`` iterations.
+    """
+    b, n, k = x.shape
+    # Largest move of a point in one step: a fifth of the typical spacing of n
+    # points on S^{k-1} (3.5 / sqrt(n) on S^2, 2 pi / n on the circle); longer
+    # steps from random starts let close points pass through each other.
+    max_step = 0.2 * (2.0 * math.pi if k == 2 else 3.5) * n ** (-1.0 / (k - 1))
+    noise = _ENERGY_NOISE[x.dtype]
+    tiny = torch.finfo(x.dtype).tiny
+    out = _Minima(x.clone(), torch.zeros(b, dtype=torch.float64), torch.zeros(b, dtype=torch.float64),
+                  torch.zeros(b, dtype=torch.int64), [RUNNING] * b)
+    index = torch.arange(b, device=x.device)
+    e, g = fg(x)
+    rms = _grad_rms(g)
+    memory = _History(b, n * k, x)
+    # 1 / curvature along the last accepted step (Nocedal & Wright's H0 scaling); NaN: none yet.
+    gamma = torch.full((b,), float("nan"), dtype=x.dtype, device=x.device)
+    # Energies of the last `window` iterations (ring buffer), for the progress test.
+    past = torch.full((b, window or 1), math.inf, dtype=torch.float64, device=x.device)
+    it = 0
+
+    def finish(mask: torch.Tensor, why: str) -> None:
+        nonlocal x, e, g, rms, gamma, index, past
+        if not bool(mask.any()):
+            return
+        idx = index[mask]
+        out.x[idx] = x[mask]
+        out.energy[idx] = e[mask].to(out.energy.device)
+        out.grad_rms[idx] = rms[mask].to(out.grad_rms.device)
+        out.iterations[idx] = it
+        for i in idx.tolist():
+            out.status[i] = why
+        keep = ~mask
+        x, e, g, rms, gamma, index, past = x[keep], e[keep], g[keep], rms[keep], gamma[keep], index[keep], past[keep]
+        memory.keep(keep)
+
+    while True:
+        finish(rms <= _threshold(e, n, gtol), CONVERGED)
+        if index.numel() == 0:
+            break
+        if it >= max_iter or time.perf_counter() > deadline:
+            finish(torch.ones_like(index, dtype=torch.bool), MAX_ITER if it >= max_iter else TIME_LIMIT)
+            break
+        bn = index.numel()
+        # Without curvature information yet, the first step moves the fastest point by max_step.
+        first_scale = max_step / g.norm(dim=-1).amax(1).clamp_min(tiny)
+        h0 = torch.where(torch.isnan(gamma), first_scale, gamma)
+        steepest = ~(memory.rho > 0).any(1)
+        d = memory.direction(g.reshape(bn, -1), h0).view_as(g)
+        d -= _rowdot(d, x) * x
+        slope = _dot(g, d)
+        # Not a descent direction (rounding near the floor, or bad curvature pairs): steepest descent.
+        uphill = slope >= 0
+        if bool(uphill.any()):
+            d = torch.where(uphill[:, None, None], -g * h0[:, None, None], d)
+            slope = _dot(g, d)
+            steepest = steepest | uphill
+
+        # Backtracking along the retraction; each round evaluates only the sets still searching.
+        # Accept on Armijo, or, where the energy change is within rounding, on the approximate
+        # Wolfe condition phi'(t) <= (2 delta - 1) phi'(0) (Hager & Zhang 2005).
+        t = (max_step / d.norm(dim=-1).amax(1).clamp_min(tiny)).clamp(max=1.0)
+        searching = torch.ones(bn, dtype=torch.bool, device=x.device)
+        x_new, e_new, g_new = x.clone(), e.clone(), g.clone()
+        for _ in range(_MAX_BACKTRACKS):
+            sel = searching.nonzero().squeeze(1)
+            xt = _normalize(x[sel] + t[sel, None, None] * d[sel])
+            et, gt = fg(xt)
+            e0, sl = e[sel], slope[sel]
+            armijo = et <= e0 + _ARMIJO_C1 * (t[sel] * sl).double()
+            flat = (et - e0).abs() <= noise * e0.abs().clamp_min(1.0)
+            wolfe = _dot(gt, d[sel]) <= (2 * _HZ_DELTA - 1) * sl
+            ok = armijo | (flat & wolfe)
+            acc = sel[ok]
+            x_new[acc], e_new[acc], g_new[acc] = xt[ok], et[ok], gt[ok]
+            searching[acc] = False
+            if not bool(searching.any()):
+                break
+            # Minimizer of the quadratic through e0, slope and et; halving where that has no minimum.
+            tt, curv = t[sel], (et - e0 - (t[sel] * sl).double()).to(t.dtype)
+            cut = torch.where(curv > 0, -sl * tt * tt / (2 * curv.clamp_min(tiny)), 0.5 * tt)
+            t[sel] = torch.where(ok, tt, torch.minimum(torch.maximum(cut, 0.01 * tt), 0.5 * tt))
+        # The curvature pair, with the old gradient carried to the new tangent space by projection.
+        s_vec = x_new - x
+        s_vec -= _rowdot(s_vec, x_new) * x_new
+        y_vec = g_new - (g - _rowdot(g, x_new) * x_new)
+        sy = _dot(s_vec, y_vec)
+        good = ~searching & (sy > 0)
+        memory.push(s_vec.reshape(bn, -1), y_vec.reshape(bn, -1),
+                    torch.where(good, 1.0 / torch.where(good, sy, torch.ones_like(sy)), torch.zeros_like(sy)))
+        gamma = torch.where(good, sy / _dot(y_vec, y_vec).clamp_min(tiny), gamma)
+        # A failed search with curvature pairs restarts from steepest descent (scaled by the last
+        # curvature); a failed steepest descent means that no step found lowers the energy beyond
+        # rounding: the set is at its precision floor.
+        reset = searching & ~steepest
+        if bool(reset.any()):
+            memory.forget(reset)
+        x, e, g = x_new, e_new, g_new
+        rms = _grad_rms(g)
+        it += 1
+        if on_iter is not None:
+            on_iter(it, index, e, rms)
+        stuck = searching & steepest
+        if window is not None:
+            before = past[:, it % window].clone()
+            past[:, it % window] = e
+            stuck |= before - e <= noise * e.abs().clamp_min(1.0)
+        finish(stuck, STALLED)
+    return out
+
+
+# ---------------------------------------------------------------- the solver
+
+
+@contextlib.contextmanager
+def _torch_threads(count: Optional[int]):
+    """Run with ``count`` intra-op threads (the op follows torch's setting); None: unchanged."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class _SearchStats:
+    restarts: int
+    generations: int
+    minimizations: int
+    distinct: int
+
+
+def _search(n, dim, restarts, patience, gtol, gen, relax, deadline) -> tuple[_Minima, _SearchStats]:
+    """Population basin hopping (module docstring, step 3); returns the final population."""
+    starts = _random_points(restarts, n, dim, gen)
+    if dim == 3:
+        starts[0] = fibonacci_sphere(n)
+    # The search only compares minima, to _SAME_MINIMUM: gradients 100x the final
+    # tolerance leave energy errors of order 1e-4 of that (the error is quadratic).
+    pop = relax(starts, torch.float64, 100 * gtol, "relax", deadline)
+    stats = _SearchStats(restarts, 0, restarts, 0)
+    # Distinct minima seen, keyed by the energy in units of _SAME_MINIMUM relative to the first best.
+    unit = _SAME_MINIMUM * max(abs(pop.energy.min().item()), 1.0)
+    seen = {round(e / unit) for e in pop.energy.tolist() if math.isfinite(e)}
+    since_better = 0
+    while restarts > 1 and since_better < patience and time.perf_counter() < deadline:
+        children = []
+        for c in range(restarts):
+            if c % 2 == 0:
+                i, j = torch.randperm(restarts, generator=gen)[:2].tolist()
+                children.append(_mate(pop.x[i].double().cpu(), pop.x[j].double().cpu(), gen))
+            else:
+                i = int(torch.randint(restarts, (1,), generator=gen))
+                children.append(_rotate_cap(pop.x[i].double().cpu(), gen))
+        stats.generations += 1
+        kids = relax(_normalize(torch.stack(children)), torch.float64, 100 * gtol, f"gen {stats.generations}", deadline)
+        stats.minimizations += restarts
+        best_before = pop.energy.min().item()
+        for c in range(restarts):
+            ec = kids.energy[c].item()
+            if kids.status[c] == TIME_LIMIT or not math.isfinite(ec):
+                continue
+            seen.add(round(ec / unit))
+            tol = _SAME_MINIMUM * max(abs(ec), 1.0)
+            if bool(((pop.energy - ec).abs() <= tol).any()):
+                continue  # a copy of a member: keeps the population diverse
+            worst = int(torch.argmax(pop.energy))
+            if ec < pop.energy[worst].item():
+                pop.x[worst], pop.energy[worst] = kids.x[c], ec
+                pop.grad_rms[worst], pop.status[worst] = kids.grad_rms[c], kids.status[c]
+        improved = pop.energy.min().item() < best_before - _SAME_MINIMUM * max(abs(best_before), 1.0)
+        since_better = 0 if improved else since_better + 1
+    stats.distinct = len(seen)
+    return pop, stats
+
+
+@dataclass
+class ThomsonResult:
+    """What ``solve`` found.
+
+    points: (n, dim) float64 unit vectors. energy: E_s of ``points`` (float64).
+    grad_norm: Frobenius norm of the tangential gradient at ``points``;
+    grad_rms = grad_norm / sqrt(n). best_known / difference: the shipped
+    table's value and energy - best_known, for dim = 3, s = 1 and a tabulated
+    n, else None. status: how the final minimization ended ("converged":
+    gradient below the tolerance; "stalled": no step lowers the energy at
+    float64 precision; "time_limit"; "max_iter").
+    """
+
+    n: int
+    dim: int
+    power: float
+    points: torch.Tensor
+    energy: float
+    grad_norm: float
+    grad_rms: float
+    seconds: float
+    status: str
+    best_known: Optional[float]
+    difference: Optional[float]
+    restarts: int
+    generations: int
+    local_minimizations: int
+    distinct_minima: int
+    evaluations: int
+    history: list[tuple[float, float]] = field(default_factory=list)  # (seconds, best energy)
+
+    def summary(self) -> str:
+        lines = [
+            f"N = {self.n}, dim = {self.dim}, s = {self.power:g}",
+            f"energy        {self.energy:.10f}",
+            f"grad norm     {self.grad_norm:.3e} (RMS per point {self.grad_rms:.3e}, {self.status})",
+            f"time          {self.seconds:.2f} s ({self.local_minimizations} local minimizations, "
+            f"{self.generations} generations, {self.evaluations} op calls)",
+        ]
+        if self.best_known is not None:
+            rel = self.difference / self.best_known
+            lines.append(f"best known    {self.best_known:.10f} (difference {self.difference:+.3e}, {rel:+.2e} relative)")
+        return "\n".join(lines)
+
+    def save(self, path) -> Path:
+        """Write the points as .npy (float64) or .csv (one point per line, 17 digits)."""
+        path = Path(path)
+        pts = self.points.detach().cpu().numpy()
+        if path.suffix.lower() == ".csv":
+            np.savetxt(path, pts, delimiter=",", fmt="%.17g")
+        elif path.suffix.lower() == ".npy":
+            np.save(path, pts)
+        else:
+            raise ValueError(f"out must end in .npy or .csv, got {str(path)!r}")
+        return path
+
+
+_table_cache: Optional[dict[int, float]] = None
+
+
+def best_known_energy(n: int, dim: int = 3, power: float = 1.0) -> Optional[float]:
+    """The best known E_1 of n points on S^2 from the shipped table (N = 2..470, not every N), else None."""
+    global _table_cache
+    if dim != 3 or power != 1:
+        return None
+    if _table_cache is None:
+        table = {}
+        for line in TABLE_PATH.read_text().splitlines():
+            if line and not line.startswith("#") and line[0].isdigit():
+                count, energy = line.split("\t")[:2]
+                table[int(count)] = float(energy)
+        _table_cache = table
+    return _table_cache.get(int(n))
+
+
+class _Progress:
+    """A rich progress bar over the time budget showing the best energy; silent when disabled."""
+
+    def __init__(self, enabled: bool, n: int, time_limit: float):
+        self.bar = None
+        self.last = 0.0
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]N={task.fields[n]}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                transient=False,
+            )
+            self.task = self.bar.add_task("starting", total=time_limit, n=n)
+            self.bar.start()
+            self.start = time.perf_counter()
+
+    def update(self, text: str, force: bool = False) -> None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if force or now - self.last > 0.1:  # rich redraws at 10 Hz anyway
+            self.bar.update(self.task, completed=now - self.start, description=text)
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.bar.tasks[0].total)
+            self.bar.stop()
+
+
+def solve(
+    n: int,
+    dim: int = 3,
+    power=1,
+    *,
+    restarts: Optional[int] = None,
+    time_limit: float = 25.0,
+    patience: int = 10,
+    seed: int = 0,
+    device="cpu",
+    backend: str = "auto",
+    gtol: float = 1e-12,
+    max_iter: int = 100_000,
+    progress: bool = False,
+) -> ThomsonResult:
+    r"""Minimize the Riesz s-energy (s = ``power``) of ``n`` points on S^{dim-1}.
+
+        E_s(x) = sum_{i<j} |x_i - x_j|^{-s}  (s > 0),   E_0(x) = sum_{i<j} -log |x_i - x_j|
+
+    Args:
+        n: number of points, >= 2.
+        dim: ambient dimension, >= 2 (points on S^{dim-1}; 3 is the Thomson problem).
+        power: s >= 0 (1: Coulomb; 0: log energy).
+        restarts: population size of the global search (independent starts,
+            relaxed together). Default: 16 for n <= 500, 4 for n <= 2000,
+            else 1 (a single relaxation: at large n each local minimization
+            takes minutes and the Fibonacci start is already near-optimal).
+        time_limit: wall-clock seconds for the search and polish (counted from when the op is
+            loaded; its one-time build on first use is not included).
+        patience: end the search after this many generations without a lower best energy.
+        seed: seeds the random starts and moves (results are reproducible on one machine).
+        device: where the op runs ("cpu", or "cuda" once a CUDA backend is built;
+            without one the op falls back to its O(N^2)-memory reference).
+        backend: the op's backend ("auto", "cpu", "reference", ...).
+        gtol: convergence: RMS tangential gradient per point <= gtol * max(|E|, 1) / n.
+        max_iter: L-BFGS iterations per local minimization.
+        progress: show a progress bar with the best energy.
+
+    Returns:
+        ThomsonResult (points in float64 on the CPU).
+
+    Equivalent to (for a result ``r``)::
+
+        r.energy == hyperspherical_energy(r.points, power, eps=0.0, reduction="sum")
+    """
+    n = _check_int("n", n, 2)
+    dim = _check_int("dim", dim, 2)
+    s = _check_power(power)
+    time_limit = _check_positive("time_limit", time_limit)
+    patience = _check_int("patience", patience, 1)
+    seed = _check_int("seed", seed, 0)
+    gtol = _check_positive("gtol", gtol)
+    max_iter = _check_int("max_iter", max_iter, 1)
+    if restarts is None:
+        restarts = 16 if n <= 500 else 4 if n <= 2000 else 1
+    restarts = _check_int("restarts", restarts, 1)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch.cuda.is_available() is False")
+    fg = _EnergyGrad(s, device, backend)  # loads (on first use: builds) the op, outside the time limit
+    start_time = time.perf_counter()
+    deadline = start_time + time_limit
+    gen = torch.Generator().manual_seed(seed)
+    bar = _Progress(progress, n, time_limit)
+    history: list[tuple[float, float]] = []
+
+    def relax(starts: torch.Tensor, dtype: torch.dtype, tol: float, label: str, until: float = deadline,
+              window: Optional[int] = None) -> _Minima:
+        def on_iter(it, index, e, rms):
+            best = e.min().item()
+            if not history or best < history[-1][1]:
+                history.append((time.perf_counter() - start_time, best))
+            bar.update(f"{label} it {it}, RMS grad {rms.max().item():.1e}, E = {history[-1][1]:.10g}")
+
+        return _minimize(starts.to(device=device, dtype=dtype), fg, gtol=tol, max_iter=max_iter,
+                         deadline=until, on_iter=on_iter, window=window)
+
+    # One thread where an op call has under 2^21 pairs (about a millisecond of one core):
+    # there the fork/join of every small tensor operation costs more than it saves
+    # (N = 150, 16 restarts: 6.4 s with 1 thread, 10.0 s with 2, on the shared 2 cores).
+    serial = device.type == "cpu" and restarts * n * (n - 1) // 2 < 2**21
+    try:
+        with _torch_threads(1 if serial else None):
+            if n > _FLOAT32_ABOVE:
+                # float32 until it stops making progress or 60% of the budget, then float64.
+                starts = fibonacci_sphere(n)[None] if dim == 3 else _random_points(1, n, dim, gen)
+                pop = relax(starts, torch.float32, gtol, "float32", start_time + 0.6 * time_limit,
+                            window=_FLOAT32_WINDOW)
+                search = _SearchStats(1, 0, 1, 1)
+            else:
+                # The search stops at 90% of the budget so that the polish has time to run.
+                pop, search = _search(n, dim, restarts, patience, gtol, gen, relax,
+                                      start_time + 0.9 * time_limit)
+            best = int(torch.argmin(pop.energy))
+            final = relax(pop.x[best : best + 1], torch.float64, gtol, "polish")
+    finally:
+        bar.close()
+
+    points = final.x[0].double().cpu()
+    energy = float(final.energy[0])
+    rms = float(final.grad_rms[0])
+    known = best_known_energy(n, dim, s)
+    return ThomsonResult(
+        n=n, dim=dim, power=s, points=points, energy=energy, grad_norm=rms * math.sqrt(n), grad_rms=rms,
+        seconds=time.perf_counter() - start_time, status=final.status[0], best_known=known,
+        difference=None if known is None else energy - known, restarts=search.restarts,
+        generations=search.generations, local_minimizations=search.minimizations,
+        distinct_minima=search.distinct, evaluations=fg.evaluations, history=history,
+    )
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``comhe-thomson N [--dim D] [--power S] [--restarts R] [--seed S] [--device cpu|cuda] [--out points.npy]``."""
+    p = argparse.ArgumentParser(
+        prog="comhe-thomson",
+        description="Minimize the Riesz s-energy sum_{i<j} |x_i - x_j|^-s (s = 0: -log) of N points "
+        "on the unit sphere S^{D-1} (the Thomson problem for D = 3, s = 1).",
+    )
+    p.add_argument("n", type=int, metavar="N", help="number of points (>= 2)")
+    p.add_argument("--dim", type=int, default=3, help="ambient dimension D >= 2 (default 3)")
+    p.add_argument("--power", type=float, default=1.0, help="Riesz exponent s >= 0; 0 = log energy (default 1)")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="population size of the global search (default: 16 for N <= 500, 4 for N <= 2000, else 1)")
+    p.add_argument("--time-limit", type=float, default=25.0, help="seconds for the whole solve (default 25)")
+    p.add_argument("--patience", type=int, default=10,
+                   help="stop the search after this many generations without improvement (default 10)")
+    p.add_argument("--gtol", type=float, default=1e-12,
+                   help="stop when RMS tangential gradient <= gtol * |E| / N (default 1e-12)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the op runs (default cpu)")
+    p.add_argument("--out", type=Path, default=None, help="write the points to this .npy or .csv file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if a.out is not None and a.out.suffix.lower() not in (".npy", ".csv"):
+        p.error(f"--out must end in .npy or .csv, got {str(a.out)!r}")
+    try:
+        result = solve(a.n, a.dim, a.power, restarts=a.restarts, time_limit=a.time_limit, patience=a.patience,
+                       seed=a.seed, device=a.device, gtol=a.gtol, progress=not a.quiet)
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
+    print(result.summary())
+    if a.out is not None:
+        print(f"points        {result.save(a.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

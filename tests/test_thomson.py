@@ -1,0 +1,268 @@
+"""comhe_kernels.thomson: known minima, the optimizer's invariants, the command line, bad input.
+
+Energies are compared to 1e-9 relative (the issue's goal for N <= 100); the
+solver reaches about 1e-13 (float64 sums round at 6e-16 relative, and the
+final gradient is below 1e-12 |E| / N), so the tests fail on any solver
+that finds a different local minimum or stops short of convergence.
+"""
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import comhe_kernels
+from comhe_kernels import thomson
+
+REL = 1e-9
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def closed_form(cosines: dict, n: int, s: float) -> float:
+    """Energy of a set where every point sees the inner products {t: count}."""
+    f = (lambda d: -math.log(d)) if s == 0 else (lambda d: d**-s)
+    return n / 2 * sum(c * f(math.sqrt(2 - 2 * t)) for t, c in cosines.items())
+
+
+def reference_energy_and_grad(points: torch.Tensor, s: float):
+    """Energy and tangential gradient by the N x N reference, independent of the fused op."""
+    x = points.detach().double().clone().requires_grad_()
+    e = comhe_kernels.reference.hyperspherical_energy(x, s, eps=0.0, reduction="sum")
+    (g,) = torch.autograd.grad(e, x)
+    u = x.detach()
+    return e.item(), g - (g * u).sum(-1, keepdim=True) * u
+
+
+# ---- known minima --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, energy",
+    [(2, 0.5), (3, math.sqrt(3)), (4, 3.674234614175), (5, 6.474691495), (6, 9.985281374239), (12, 49.165253057629)],
+)
+def test_small_n_closed_forms(n, energy):
+    r = thomson.solve(n, time_limit=20)
+    assert abs(r.energy - energy) <= REL * energy
+    assert r.status == "converged"
+
+
+@pytest.mark.parametrize("n", [24, 32, 47])
+def test_matches_table(n):
+    """Against the shipped table; 47 has several local minima within 0.1% of the best."""
+    r = thomson.solve(n, time_limit=20)
+    assert r.best_known == thomson.best_known_energy(n)
+    assert abs(r.difference) <= REL * r.best_known, r.summary()
+
+
+@pytest.mark.parametrize(
+    "name, n, dim, s, cosines",
+    [
+        ("circle heptagon", 7, 2, 1.0, {math.cos(2 * math.pi * j / 7): 1 for j in range(1, 7)}),
+        ("simplex S^4", 6, 5, 1.0, {-1 / 5: 5}),
+        ("cross-polytope S^3", 8, 4, 1.0, {-1.0: 1, 0.0: 6}),
+        ("tetrahedron, log energy", 4, 3, 0.0, {-1 / 3: 3}),
+        ("octahedron, log energy", 6, 3, 0.0, {-1.0: 1, 0.0: 4}),
+        ("octahedron, s = 2", 6, 3, 2.0, {-1.0: 1, 0.0: 4}),
+        ("cross-polytope S^4, s = 0.5", 10, 5, 0.5, {-1.0: 1, 0.0: 8}),
+    ],
+)
+def test_proven_optima_other_dims_and_powers(name, n, dim, s, cosines):
+    """Universally optimal sets (Cohn & Kumar 2007): optimal for every s > 0 and the log energy."""
+    expected = closed_form(cosines, n, s)
+    r = thomson.solve(n, dim, s, time_limit=20)
+    assert r.points.shape == (n, dim)
+    assert abs(r.energy - expected) <= REL * abs(expected), (name, r.energy, expected)
+    assert r.best_known is None  # the table is for dim 3, s = 1 only
+
+
+def test_600_cell():
+    """120 points on S^3: the 600-cell, inner products 0, +-1/2, +-phi/2, +-1/(2 phi), -1."""
+    phi = (1 + 5**0.5) / 2
+    cos = {phi / 2: 12, 0.5: 20, 1 / (2 * phi): 12, 0.0: 30, -1 / (2 * phi): 12, -0.5: 20, -phi / 2: 12, -1.0: 1}
+    r = thomson.solve(120, 4, restarts=4, patience=1, time_limit=30)
+    assert abs(r.energy - closed_form(cos, 120, 1.0)) <= REL * r.energy
+
+
+# ---- what the result claims ----------------------------------------------------
+
+
+def test_result_is_consistent_with_the_reference():
+    r = thomson.solve(30, time_limit=20)
+    assert r.points.dtype == torch.float64 and r.points.shape == (30, 3)
+    assert torch.allclose(r.points.norm(dim=1), torch.ones(30, dtype=torch.float64), rtol=0, atol=1e-15)
+    e_ref, g_ref = reference_energy_and_grad(r.points, 1.0)
+    assert abs(r.energy - e_ref) <= 1e-13 * e_ref
+    assert r.grad_norm == pytest.approx(g_ref.norm().item(), rel=1e-3, abs=1e-12)
+    assert r.grad_rms <= 1e-12 * r.energy / 30  # the default gtol's test
+    assert r.grad_norm == pytest.approx(r.grad_rms * math.sqrt(30))
+    assert r.seconds > 0 and r.evaluations > 0 and r.local_minimizations >= r.restarts
+    assert r.history and r.history[-1][1] <= r.history[0][1]
+
+
+def test_seed_reproduces():
+    a = thomson.solve(40, restarts=4, patience=2, seed=3, time_limit=20)
+    b = thomson.solve(40, restarts=4, patience=2, seed=3, time_limit=20)
+    assert a.energy == b.energy and torch.equal(a.points, b.points)
+
+
+def test_time_limit_is_kept():
+    start = time.perf_counter()
+    r = thomson.solve(400, restarts=8, time_limit=1.5)
+    assert time.perf_counter() - start < 1.5 + 1.0  # the last op call and bookkeeping may overrun
+    assert r.status in ("time_limit", "converged", "stalled")
+    assert torch.allclose(r.points.norm(dim=1), torch.ones(400, dtype=torch.float64), rtol=0, atol=1e-14)
+
+
+def test_float32_phase(monkeypatch):
+    """The large-N path (float32 relaxation, then float64), exercised at small N."""
+    monkeypatch.setattr(thomson, "_FLOAT32_ABOVE", 50)
+    r = thomson.solve(60, time_limit=20)
+    assert r.restarts == 1
+    e_ref, _ = reference_energy_and_grad(r.points, 1.0)
+    assert abs(r.energy - e_ref) <= 1e-13 * e_ref
+    assert r.status == "converged"
+    # A local minimum of the Fibonacci start: within 1e-3 of the best known, not necessarily it.
+    assert r.difference >= -REL * r.best_known and r.difference <= 1e-3 * r.best_known
+
+
+# ---- the optimizer's invariants ---------------------------------------------------
+
+
+def _run_minimize(x, s=1.0, gtol=1e-12):
+    fg = thomson._EnergyGrad(s, torch.device("cpu"), "auto")
+    trace = {}
+
+    def on_iter(it, index, e, rms):
+        for i, ei in zip(index.tolist(), e.tolist()):
+            trace.setdefault(i, []).append(ei)
+
+    out = thomson._minimize(x, fg, gtol=gtol, max_iter=5000, deadline=time.perf_counter() + 60, on_iter=on_iter)
+    return out, trace
+
+
+@pytest.mark.parametrize("s", [0.0, 1.0, 3.0])
+def test_energy_monotone_and_points_on_sphere(s):
+    gen = torch.Generator().manual_seed(1)
+    x = thomson._random_points(6, 50, 3, gen)
+    fg = thomson._EnergyGrad(s, torch.device("cpu"), "auto")
+    e0, _ = fg(x)
+    out, trace = _run_minimize(x, s)
+    for i, energies in trace.items():
+        seq = [e0[i].item()] + energies
+        # Steps are accepted on Armijo, or on the approximate Wolfe test where the change is
+        # below thomson._ENERGY_NOISE (1e-13 relative): never up by more than that.
+        rises = [b - a for a, b in zip(seq, seq[1:]) if b > a]
+        assert all(r <= 1e-13 * abs(a) for r, a in zip(rises, seq)), (i, max(rises))
+        assert seq[-1] < seq[0]
+    assert all(st == "converged" for st in out.status), out.status
+    assert torch.allclose(out.x.norm(dim=-1), torch.ones(6, 50, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_batched_sets_are_independent():
+    """A batch minimizes each set as it would alone (the op and the L-BFGS state are per set).
+
+    Batched and single products round differently, and the trajectories from a
+    random start amplify that, so the paths are compared over the first 30
+    iterations (1e-12) and the minima they reach (1e-11).
+    """
+    gen = torch.Generator().manual_seed(2)
+    x = thomson._random_points(3, 40, 4, gen)
+    together, trace = _run_minimize(x)
+    for i in range(3):
+        alone, trace_alone = _run_minimize(x[i : i + 1])
+        assert trace[i][:30] == pytest.approx(trace_alone[0][:30], rel=1e-12)
+        assert together.energy[i].item() == pytest.approx(alone.energy[0].item(), rel=1e-11)
+
+
+def test_fibonacci_sphere():
+    x = thomson.fibonacci_sphere(1000)
+    assert x.shape == (1000, 3) and x.dtype == torch.float64
+    assert torch.allclose(x.norm(dim=1), torch.ones(1000, dtype=torch.float64), atol=1e-15)
+    # Equal-area bands: z is uniform in (-1, 1), so the mean is 0 and every point distinct.
+    assert abs(x[:, 2].mean().item()) < 1e-12
+    assert torch.pdist(x).min() > 0.5 * math.sqrt(4 * math.pi / 1000)
+
+
+# ---- the shipped table ---------------------------------------------------------------
+
+
+def test_table():
+    assert thomson.best_known_energy(12) == pytest.approx(49.165253058, abs=1e-9)
+    assert thomson.best_known_energy(100) == pytest.approx(4448.350634331, abs=1e-9)
+    # The three corrections noted in the table's header are applied.
+    assert thomson.best_known_energy(11) == 40.5964505082
+    assert thomson.best_known_energy(96) == 4089.1540100556
+    assert thomson.best_known_energy(107) == 5113.9535477138
+    assert thomson.best_known_energy(205) is None  # not every N above 204 is tabulated
+    assert thomson.best_known_energy(12, dim=4) is None and thomson.best_known_energy(12, power=2) is None
+    assert all(thomson.best_known_energy(n) is not None for n in range(2, 205))
+
+
+# ---- bad arguments -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((1,), {}, ValueError, "n must be >= 2"),
+        ((0,), {}, ValueError, "n must be >= 2"),
+        ((10.0,), {}, TypeError, "n must be an integer"),
+        ((10, 1), {}, ValueError, "dim must be >= 2"),
+        ((10, 3, -1), {}, ValueError, "power must be finite and >= 0"),
+        ((10, 3, float("nan")), {}, ValueError, "power must be finite"),
+        ((10, 3, "a1"), {}, TypeError, "power must be a real number"),
+        ((10,), {"restarts": 0}, ValueError, "restarts must be >= 1"),
+        ((10,), {"time_limit": 0}, ValueError, "time_limit must be finite and > 0"),
+        ((10,), {"gtol": -1.0}, ValueError, "gtol must be finite and > 0"),
+        ((10,), {"patience": 0}, ValueError, "patience must be >= 1"),
+        ((10,), {"backend": "nope"}, ValueError, "backend must be one of"),
+    ],
+)
+def test_bad_arguments(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        thomson.solve(*args, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda():
+    with pytest.raises(ValueError, match="device='cuda'"):
+        thomson.solve(10, device="cuda")
+
+
+# ---- command line ----------------------------------------------------------------------
+
+
+def test_cli_npy_and_csv(tmp_path, capsys):
+    assert thomson.main(["12", "--quiet", "--out", str(tmp_path / "p.npy")]) == 0
+    text = capsys.readouterr().out
+    assert "best known" in text and "converged" in text
+    pts = np.load(tmp_path / "p.npy")
+    assert pts.shape == (12, 3)
+    assert thomson.riesz_energy(pts) == pytest.approx(49.165253058, rel=REL)
+    assert thomson.main(["8", "--dim", "4", "--power", "0", "--quiet", "--out", str(tmp_path / "p.csv")]) == 0
+    assert np.loadtxt(tmp_path / "p.csv", delimiter=",").shape == (8, 4)
+    assert "best known" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [(["1"], "n must be >= 2"), (["10", "--dim", "1"], "dim must be >= 2"),
+     (["10", "--power", "-1"], "power must be finite and >= 0"), (["10", "--out", "p.txt"], "--out must end in")],
+)
+def test_cli_errors(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        thomson.main(argv + ["--quiet"])
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_python_dash_m():
+    run = subprocess.run([sys.executable, "-m", "comhe_kernels.thomson", "6", "--quiet"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "9.9852813742" in run.stdout
