@@ -188,7 +188,7 @@ def test_blocked_oracle_matches_the_exact_reference(power, half):
     x64 = x.clone().requires_grad_()
     e = comhe_kernels.reference.hyperspherical_energy(x64, case.power_arg, half_space=half, reduction="sum")
     (g,) = torch.autograd.grad(e, x64)
-    got = exact_energy(x, case.spec(), block_bytes=40 * 8 * 150)  # 40-row blocks
+    got = exact_energy(x, case.spec(), tile=40)  # diagonal, full and ragged tiles
     assert got == pytest.approx(e.item(), rel=1e-12)
     rows = torch.tensor([0, 1, 7, 149])
     torch.testing.assert_close(exact_grad_rows(x, case.spec(), rows, chunk=3), g[rows], rtol=1e-10, atol=1e-10 * g.abs().max())

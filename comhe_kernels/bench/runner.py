@@ -200,7 +200,7 @@ def measure(job: Job) -> dict:
         return result
     result["status"] = "ok" if passed else "inaccurate"
     if not passed:
-        result["reason"] = "gram-form baseline outside the tolerance: timed, labelled"
+        result["reason"] = "gram-form baseline outside the tolerance, timed anyway"
     if case.device == "cuda":
         result["times"] = _time_cuda(call, options)
     else:
