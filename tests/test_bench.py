@@ -20,7 +20,12 @@ import torch
 import comhe_kernels
 from comhe_kernels.bench import cli, main
 from comhe_kernels.bench.cases import BenchOptions, Case, make_points
-from comhe_kernels.bench.oracle import check_result, compute_oracle, exact_energy, exact_grad_rows
+from comhe_kernels.bench.oracle import (
+    check_result,
+    compute_oracle,
+    exact_energy,
+    exact_grad_rows,
+)
 from comhe_kernels.bench.providers import (
     Provider,
     Unavailable,
@@ -30,7 +35,13 @@ from comhe_kernels.bench.providers import (
     naive_energy,
 )
 from comhe_kernels.bench.report import ROW_FIELDS, evaluate_criteria
-from comhe_kernels.bench.runner import Plan, quantile, reps_for, run_benchmark, skip_reason
+from comhe_kernels.bench.runner import (
+    Plan,
+    quantile,
+    reps_for,
+    run_benchmark,
+    skip_reason,
+)
 
 FAST = ["--gemm-sizes", "256", "--rep-seconds", "0.01", "--min-reps", "2", "--max-reps", "3"]
 
@@ -118,7 +129,12 @@ def test_list_providers_says_why_gpu_backends_do_not_run(capsys):
 def test_plan_orders_by_n_dedupes_and_sets_aside_unavailable_providers():
     groups = (cli.Group(n=(1024, 256), k=(3,)), cli.Group(n=(256,), k=(3,), providers=("cpu",)))
     plan = cli.make_plan(groups, default_providers(), ("cpu",), 0, {}, ("reference", "cpu", "triton"))
-    assert [(c.n, name) for c, name in plan.items] == [(256, "reference"), (256, "cpu"), (1024, "reference"), (1024, "cpu")]
+    assert [(c.n, name) for c, name in plan.items] == [
+        (256, "reference"),
+        (256, "cpu"),
+        (1024, "reference"),
+        (1024, "cpu"),
+    ]
     assert plan.not_run == {"triton (cpu)": "runs on cuda tensors only"}
 
 
@@ -191,7 +207,9 @@ def test_blocked_oracle_matches_the_exact_reference(power, half):
     got = exact_energy(x, case.spec(), tile=40)  # diagonal, full and ragged tiles
     assert got == pytest.approx(e.item(), rel=1e-12)
     rows = torch.tensor([0, 1, 7, 149])
-    torch.testing.assert_close(exact_grad_rows(x, case.spec(), rows, chunk=3), g[rows], rtol=1e-10, atol=1e-10 * g.abs().max())
+    torch.testing.assert_close(
+        exact_grad_rows(x, case.spec(), rows, chunk=3), g[rows], rtol=1e-10, atol=1e-10 * g.abs().max()
+    )
 
 
 def test_sampled_oracle_is_used_for_large_sets_and_catches_a_wrong_row():
@@ -246,14 +264,28 @@ def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys):
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == ROW_FIELDS
         csv_rows = list(reader)
-    assert [(r["provider"], r["n"]) for r in csv_rows] == [("reference", "40"), ("cpu", "40"), ("reference", "80"), ("cpu", "80")]
+    assert [(r["provider"], r["n"]) for r in csv_rows] == [
+        ("reference", "40"),
+        ("cpu", "40"),
+        ("reference", "80"),
+        ("cpu", "80"),
+    ]
 
     doc = json.loads(json_path.read_text())
     assert set(doc) == {"meta", "rows", "criteria"} and doc["criteria"] == []
     meta = doc["meta"]
-    for key in ("device_name", "threads", "omp_wait_policy", "torch", "git_sha", "timestamp", "command", "flop_model"):
+    for key in (
+        "device_name",
+        "threads",
+        "load_avg_start",
+        "omp_wait_policy",
+        "torch",
+        "git_sha",
+        "timestamp",
+        "command",
+    ):
         assert meta[key] not in (None, ""), key
-    assert meta["command"].startswith("comhe-bench --n 40 80")
+    assert meta["command"].startswith("comhe-bench --n 40 80") and meta["flop_model"].startswith("2k flops per pair")
     assert meta["peak_gflops"]["cpu/float32"] > 0
     for row in doc["rows"]:
         assert set(row) == set(ROW_FIELDS)

@@ -6,17 +6,25 @@ import argparse
 import datetime
 import importlib.util
 import math
+import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 
 from .cases import DTYPES, FLOP_MODEL, GIB, MODES, BenchOptions, Case, canonical_power
 from .oracle import TOLERANCES
 from .providers import default_providers
-from .report import environment, evaluate_criteria, finish_rows, plot, results_table, write_csv, write_json
+from .report import (
+    environment,
+    evaluate_criteria,
+    finish_rows,
+    plot,
+    results_table,
+    write_csv,
+    write_json,
+)
 from .runner import Plan, run_benchmark
 
 DIMENSIONS = ("n", "k", "power", "half_space", "dtype", "mode")
@@ -32,7 +40,7 @@ class Group:
     half_space: tuple = (False,)
     dtype: tuple = ("float32",)
     mode: tuple = ("fwd+bwd",)
-    providers: Optional[tuple] = None
+    providers: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class Criterion:
     k: int
     provider: str
     metric: str  # a row field (speedups: >= bound; seconds, MiB: <= bound), or "skipped"
-    bound: Optional[float] = None
+    bound: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ PRESETS = {
 CUSTOM_DEFAULT = Group(n=(1024, 4096), k=(32,))
 
 
-def make_plan(groups, providers: dict, devices: tuple, seed: int, overrides: dict, only: Optional[tuple]) -> Plan:
+def make_plan(groups, providers: dict, devices: tuple, seed: int, overrides: dict, only: tuple | None) -> Plan:
     """Expand groups into (case, provider) items. overrides (dimension -> tuple)
     replace a group's lists; ``only`` replaces its providers. Within a series
     the cases run in increasing N, so that a slow provider's next time can be
@@ -191,34 +199,64 @@ def build_parser(provider_names: tuple) -> argparse.ArgumentParser:
         + ". Lists given with --n, --k, ... replace the preset's.",
     )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--quick", dest="preset", action="store_const", const="quick", help="the quick preset (the default)")
+    which.add_argument(
+        "--quick", dest="preset", action="store_const", const="quick", help="the quick preset (the default)"
+    )
     which.add_argument("--full", dest="preset", action="store_const", const="full", help="the full preset")
     which.add_argument("--preset", choices=tuple(PRESETS), help="a preset by name")
-    p.add_argument("--providers", nargs="+", metavar="NAME", help=f"among {', '.join(provider_names)} (default: all that run here)")
+    p.add_argument(
+        "--providers", nargs="+", metavar="NAME", help=f"among {', '.join(provider_names)} (default: all that run here)"
+    )
     p.add_argument("--n", nargs="+", type=_positive_int, metavar="N", help="numbers of points")
     p.add_argument("--k", nargs="+", type=_positive_int, metavar="K", help="dimensions of the points")
-    p.add_argument("--power", nargs="+", type=_power, metavar="S", help="s >= 0 (0: log), or a0, a1, a2, a<s> (angular)")
+    p.add_argument(
+        "--power", nargs="+", type=_power, metavar="S", help="s >= 0 (0: log), or a0, a1, a2, a<s> (angular)"
+    )
     p.add_argument("--half-space", nargs="+", type=_yes_no, metavar="YES|NO", help="half-space energy of [u; -u]")
     p.add_argument("--dtype", nargs="+", choices=tuple(DTYPES), metavar="DTYPE", help=", ".join(DTYPES))
     p.add_argument("--mode", nargs="+", choices=MODES, metavar="MODE", help="fwd, or fwd+bwd (energy and gradient)")
     p.add_argument("--device", nargs="+", choices=("cpu", "cuda"), help="default: cuda if torch sees one, else cpu")
-    p.add_argument("--threads", type=_nonnegative_int, default=0, help="CPU threads per worker (default: torch's, all cores)")
+    p.add_argument(
+        "--threads", type=_nonnegative_int, default=0, help="CPU threads per worker (default: torch's, all cores)"
+    )
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the random points (default 0)")
     p.add_argument("--min-reps", type=_positive_int, default=3, help="timed calls at least (default 3)")
     p.add_argument("--max-reps", type=_positive_int, default=20, help="timed calls at most (default 20)")
     p.add_argument("--rep-seconds", type=_positive_float, help="timed work to aim for per measurement (preset's)")
-    p.add_argument("--max-call-seconds", type=_positive_float, help="skip a case predicted to take longer per call (preset's)")
-    p.add_argument("--max-memory-gib", type=_positive_float, help="skip a case predicted to need more (default: 80%% of the available RAM)")
-    p.add_argument("--timeout", type=_positive_float, default=900.0, help="kill a worker after this many seconds (default 900)")
-    p.add_argument("--chunk-mib", type=_positive_float, default=16.0, help="block size of the chunked provider (default 16)")
-    p.add_argument("--check-rows", type=_positive_int, default=256, help="gradient rows checked for large N (default 256)")
-    p.add_argument("--gemm-sizes", nargs="+", type=_positive_int, default=[1024, 2048, 3072], metavar="SIZE",
-                   help="square torch.mm sizes whose best rate is the peak (default 1024 2048 3072)")
+    p.add_argument(
+        "--max-call-seconds", type=_positive_float, help="skip a case predicted to take longer per call (preset's)"
+    )
+    p.add_argument(
+        "--max-memory-gib",
+        type=_positive_float,
+        help="skip a case predicted to need more (default: 80%% of the available RAM)",
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=900.0, help="kill a worker after this many seconds (default 900)"
+    )
+    p.add_argument(
+        "--chunk-mib", type=_positive_float, default=16.0, help="block size of the chunked provider (default 16)"
+    )
+    p.add_argument(
+        "--check-rows", type=_positive_int, default=256, help="gradient rows checked for large N (default 256)"
+    )
+    p.add_argument(
+        "--gemm-sizes",
+        nargs="+",
+        type=_positive_int,
+        default=[1024, 2048, 3072],
+        metavar="SIZE",
+        help="square torch.mm sizes whose best rate is the peak (default 1024 2048 3072)",
+    )
     p.add_argument("--strict", action="store_true", help="time no provider that fails its check, baselines included")
     p.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
-    p.add_argument("--json", metavar="FILE", help="write the rows, the run's metadata and the preset's verdicts as JSON")
+    p.add_argument(
+        "--json", metavar="FILE", help="write the rows, the run's metadata and the preset's verdicts as JSON"
+    )
     p.add_argument("--plot", metavar="FILE.png", help="draw time and peak memory against N")
-    p.add_argument("--list-providers", action="store_true", help="show the providers and whether they run here, then exit")
+    p.add_argument(
+        "--list-providers", action="store_true", help="show the providers and whether they run here, then exit"
+    )
     return p
 
 
@@ -240,7 +278,7 @@ def _console():
     return Console() if sys.stdout.isatty() else Console(width=220)
 
 
-def main(argv: Optional[list] = None, providers: Optional[dict] = None) -> int:
+def main(argv: list | None = None, providers: dict | None = None) -> int:
     """The comhe-bench command. ``providers`` replaces the default registry
     (default_providers()); returns the exit status."""
     providers = dict(providers) if providers is not None else default_providers()
@@ -258,7 +296,9 @@ def main(argv: Optional[list] = None, providers: Optional[dict] = None) -> int:
         parser.error("comhe-bench needs rich: pip install rich (or comhe-kernels[bench])")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         parser.error("argument --plot: needs matplotlib: pip install matplotlib")
-    devices = tuple(dict.fromkeys(args.device)) if args.device else (("cuda",) if torch.cuda.is_available() else ("cpu",))
+    devices = (
+        tuple(dict.fromkeys(args.device)) if args.device else (("cuda",) if torch.cuda.is_available() else ("cpu",))
+    )
     if "cuda" in devices and not torch.cuda.is_available():
         parser.error("argument --device: cuda, but torch sees no CUDA device")
 
@@ -267,7 +307,9 @@ def main(argv: Optional[list] = None, providers: Optional[dict] = None) -> int:
         for name, provider in providers.items():
             for device in devices:
                 why = provider.unavailable_reason(device)
-                console.print(f"{name:<10} {device:<5} {'runs' if why is None else 'unavailable: ' + why}. {provider.summary}")
+                console.print(
+                    f"{name:<10} {device:<5} {'runs' if why is None else 'unavailable: ' + why}. {provider.summary}"
+                )
         return 0
 
     explicit = any(getattr(args, d) for d in DIMENSIONS)
@@ -297,17 +339,30 @@ def main(argv: Optional[list] = None, providers: Optional[dict] = None) -> int:
     command = shlex.join(["comhe-bench", *(sys.argv[1:] if argv is None else argv)])
     console.print(f"[bold]{command}[/bold]")
     console.print(
-        f"{env['device_name']}; {env['threads']} threads; OMP_WAIT_POLICY={env['omp_wait_policy']}; "
+        f"{env['device_name']}; {env['threads']} threads; load average {env['load_avg_start']}; "
+        f"OMP_WAIT_POLICY={env['omp_wait_policy']}; "
         f"torch {env['torch']}, pykeops {env['pykeops'] or '-'}, triton {env['triton'] or '-'}; "
         f"git {env['git_sha'] or '-'}"
     )
+    load = env["load_avg_start"]
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        console.print(
+            f"[yellow]busy machine: load average {load} on {os.cpu_count()} cores before the run. Times will be "
+            "longer than on a quiet machine; the GEMM peak measured below shows by how much.[/yellow]"
+        )
     for name, why in plan.not_run.items():
         console.print(f"[dim]not run: {name}: {why}[/dim]")
     if not plan.items:
         console.print("[red]nothing to run: no provider can run these cases here[/red]")
         return 1
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -340,7 +395,9 @@ def main(argv: Optional[list] = None, providers: Optional[dict] = None) -> int:
         for v in verdicts:
             value = v["value"]
             color = {"PASS": "green", "FAIL": "red"}.get(v["verdict"], "yellow")
-            table.add_row(v["criterion"], f"{value:.3g}" if isinstance(value, float) else str(value), v["verdict"], style=color)
+            table.add_row(
+                v["criterion"], f"{value:.3g}" if isinstance(value, float) else str(value), v["verdict"], style=color
+            )
         console.print(table)
     meta = dict(
         env,

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
 from .. import reference
 from .._spec import EnergySpec
-from .cases import DELTA, EPS, MIB, BenchOptions, Case, make_points, pair_energy
+from .cases import DELTA, EPS, BenchOptions, Case, make_points, pair_energy
 
 # Energy: relative error; gradient: max |g - g_ref| / max |g_ref| over the
 # checked rows. float32 is the core op's accuracy contract (its tests measure
@@ -45,7 +44,7 @@ class Oracle:
     energy: float
     energy_scale: float  # |E|; |E| + pairs for the log energies, whose terms have both signs
     rows: torch.Tensor  # the gradient rows that are checked
-    grad: Optional[torch.Tensor]  # their gradient, float64 (None for forward-only cases)
+    grad: torch.Tensor | None  # their gradient, float64 (None for forward-only cases)
     method: str
 
 
@@ -149,7 +148,7 @@ def compute_oracle(case: Case, options: BenchOptions) -> Oracle:
     return Oracle(energy, scale, rows, grad, method)
 
 
-def check_result(case: Case, oracle: Oracle, energy: float, grad: Optional[torch.Tensor]) -> tuple:
+def check_result(case: Case, oracle: Oracle, energy: float, grad: torch.Tensor | None) -> tuple:
     """(energy relative error, gradient error relative to max |g| or None, passed).
     Non-finite results have infinite error."""
     tol_e, tol_g = TOLERANCES[case.dtype]

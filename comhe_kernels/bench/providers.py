@@ -13,7 +13,7 @@ import functools
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -42,10 +42,10 @@ class Provider:
     build: Callable
     devices: tuple = ("cpu", "cuda")
     naive_math: bool = False  # a gram-form baseline: timed even when inaccurate (unless --strict)
-    available: Optional[Callable] = None  # (device) -> None, or why the provider cannot run at all
-    extra_bytes: Optional[Callable] = None  # (case, options) -> predicted peak memory beyond the inputs
+    available: Callable | None = None  # (device) -> None, or why the provider cannot run at all
+    extra_bytes: Callable | None = None  # (case, options) -> predicted peak memory beyond the inputs
 
-    def unavailable_reason(self, device: str) -> Optional[str]:
+    def unavailable_reason(self, device: str) -> str | None:
         if device not in self.devices:
             return f"runs on {'/'.join(self.devices)} tensors only"
         return self.available(device) if self.available is not None else None
@@ -56,7 +56,7 @@ def first_line(e: BaseException) -> str:
     return lines[0][:300] if lines else type(e).__name__
 
 
-def warm_up(fn: Callable, x: torch.Tensor, case: Case, rows: Optional[int] = 16) -> None:
+def warm_up(fn: Callable, x: torch.Tensor, case: Case, rows: int | None = 16) -> None:
     """One call on the first rows (all rows if rows is None), forward and, for
     fwd+bwd, backward: loads code pages, starts thread pools and fills JIT
     caches before the measured call. Without it the first call's peak resident
@@ -219,7 +219,7 @@ def _build_keops(case: Case, options: BenchOptions, x: torch.Tensor):
     return fn
 
 
-def _keops_available(device: str) -> Optional[str]:
+def _keops_available(device: str) -> str | None:
     if importlib.util.find_spec("pykeops") is None:
         return "pykeops is not installed (pip install pykeops)"
     if device == "cuda":
@@ -255,12 +255,12 @@ def _build_cuda(case: Case, options: BenchOptions, x: torch.Tensor):
     return _build_fused(case, x, "cuda")
 
 
-def _cpu_available(device: str) -> Optional[str]:
+def _cpu_available(device: str) -> str | None:
     error = _extension.load()
     return f"the C++ extension did not load: {error}" if error else None
 
 
-def _gpu_backend_available(backend: str) -> Optional[str]:
+def _gpu_backend_available(backend: str) -> str | None:
     """Asks the op itself, so that a backend a later build adds is found without changes here."""
     if not torch.cuda.is_available():
         return "no CUDA device"
@@ -271,11 +271,11 @@ def _gpu_backend_available(backend: str) -> Optional[str]:
     return None
 
 
-def _triton_available(device: str) -> Optional[str]:
+def _triton_available(device: str) -> str | None:
     return _gpu_backend_available("triton")
 
 
-def _cuda_available(device: str) -> Optional[str]:
+def _cuda_available(device: str) -> str | None:
     return _gpu_backend_available("cuda")
 
 

@@ -28,8 +28,8 @@ ROW_FIELDS = (
     "peak_extra_bytes", "peak_extra_mib", "memory_method",
     "pairs_per_s", "gflops", "peak_gflops", "fraction_of_peak", "flop_model",
     "speedup_vs_reference", "speedup_vs_keops",
-    "device_name", "threads", "omp_wait_policy", "torch", "pykeops", "triton", "comhe_kernels", "python",
-    "git_sha", "timestamp", "command",
+    "device_name", "threads", "load_avg_start", "omp_wait_policy",
+    "torch", "pykeops", "triton", "comhe_kernels", "python", "git_sha", "timestamp", "command",
 )  # fmt: skip
 
 
@@ -39,6 +39,8 @@ def environment(devices: tuple, threads: int) -> dict:
     return {
         "device_name": "; ".join(names),
         "threads": threads or torch.get_num_threads(),
+        # 1-minute load average before the first worker: others' work on a shared machine
+        "load_avg_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "torch": torch.__version__,
         "pykeops": _dist_version("pykeops"),
