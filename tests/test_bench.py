@@ -11,8 +11,11 @@ import csv
 import functools
 import json
 import math
+import os
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,8 +112,11 @@ def test_argument_errors_name_the_argument(argv, message, capsys):
 
 
 def test_module_entry_point_and_help():
+    # The package's parent on the child's path, however this process found it.
+    root = str(Path(comhe_kernels.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(
-        [sys.executable, "-m", "comhe_kernels.bench", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "comhe_kernels.bench", "--help"], capture_output=True, text=True, timeout=120, env=env
     )
     assert out.returncode == 0, out.stderr
     assert "comhe-bench" in out.stdout and "--preset" in out.stdout and "acceptance" in out.stdout
@@ -161,6 +167,10 @@ def test_skip_reasons_memory_model_and_time_prediction():
     options = BenchOptions(max_memory_bytes=24 * 2**30, max_call_seconds=30)
     reason = skip_reason(reference, Case(65536, 32), options, {})
     assert reason == "needs ~128 GiB (reference's memory model) > 24 GiB (--max-memory-gib)"
+    on_gpu = replace(options, max_cuda_memory_bytes=80 * 2**30)  # a CUDA case is held to the GPU's memory
+    reason = skip_reason(reference, Case(65536, 32, device="cuda"), on_gpu, {})
+    assert reason == "needs ~128 GiB (reference's memory model) > 80 GiB (--max-memory-gib)"
+    assert skip_reason(reference, Case(32768, 32, device="cuda"), on_gpu, {}) is None  # 32 GiB
     history = {("reference", Case(2048, 32).series()): (2048, 1.0)}  # 1 s at 2048 points
     assert skip_reason(reference, Case(8192, 32), options, history) is None  # ~16 s
     reason = skip_reason(reference, Case(16384, 32), options, history)
@@ -275,7 +285,7 @@ def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys):
     assert set(doc) == {"meta", "rows", "criteria"} and doc["criteria"] == []
     meta = doc["meta"]
     for key in (
-        "device_name",
+        "device_names",
         "threads",
         "load_avg_start",
         "omp_wait_policy",
@@ -295,6 +305,7 @@ def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys):
         assert row["reps"] >= 2 and row["peak_extra_bytes"] >= 0
         assert row["pairs"] == comhe_kernels.num_pairs(row["n"]) and row["gflops"] > 0
         assert row["omp_wait_policy"] and row["git_sha"] == meta["git_sha"]
+        assert row["device_name"] == meta["device_names"]["cpu"]
         assert f"--providers {row['provider']} --n {row['n']} --k 3" in row["command"]
     ref40, cpu40 = doc["rows"][0], doc["rows"][1]
     assert cpu40["speedup_vs_reference"] == pytest.approx(ref40["time_median_s"] / cpu40["time_median_s"])

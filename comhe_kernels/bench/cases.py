@@ -113,7 +113,8 @@ class BenchOptions:
     max_reps: int = 20
     rep_seconds: float = 2.0  # timed work to aim for per measurement
     max_call_seconds: float = 60.0  # skip a case whose predicted call time is longer
-    max_memory_bytes: float = 0.0  # skip a case whose predicted extra memory is larger (0: no limit)
+    max_memory_bytes: float = 0.0  # skip a CPU case whose predicted extra memory is larger (0: no limit)
+    max_cuda_memory_bytes: float = 0.0  # the same for CUDA cases, against the GPU's memory
     timeout: float = 900.0  # a worker still running after this is killed, its row "failed"
     chunk_mib: float = 16.0  # the chunked provider's block: one block_rows x M matrix
     check_rows: int = 256  # gradient rows checked when the set is large

@@ -229,7 +229,7 @@ def build_parser(provider_names: tuple) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-memory-gib",
         type=_positive_float,
-        help="skip a case predicted to need more (default: 80%% of the available RAM)",
+        help="skip a case predicted to need more (default: 80%% of the available RAM, 90%% of the GPU's)",
     )
     p.add_argument(
         "--timeout", type=_positive_float, default=900.0, help="kill a worker after this many seconds (default 900)"
@@ -269,6 +269,10 @@ def _available_memory_bytes() -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _cuda_memory_bytes() -> float:
+    return float(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else 0.0
 
 
 def _console():
@@ -329,6 +333,7 @@ def main(argv: list | None = None, providers: dict | None = None) -> int:
         rep_seconds=args.rep_seconds or preset.rep_seconds,
         max_call_seconds=args.max_call_seconds or preset.max_call_seconds,
         max_memory_bytes=args.max_memory_gib * GIB if args.max_memory_gib else 0.8 * _available_memory_bytes(),
+        max_cuda_memory_bytes=args.max_memory_gib * GIB if args.max_memory_gib else 0.9 * _cuda_memory_bytes(),
         timeout=args.timeout,
         chunk_mib=args.chunk_mib,
         check_rows=args.check_rows,
@@ -339,7 +344,7 @@ def main(argv: list | None = None, providers: dict | None = None) -> int:
     command = shlex.join(["comhe-bench", *(sys.argv[1:] if argv is None else argv)])
     console.print(f"[bold]{command}[/bold]")
     console.print(
-        f"{env['device_name']}; {env['threads']} threads; load average {env['load_avg_start']}; "
+        f"{'; '.join(env['device_names'].values())}; {env['threads']} threads; load average {env['load_avg_start']}; "
         f"OMP_WAIT_POLICY={env['omp_wait_policy']}; "
         f"torch {env['torch']}, pykeops {env['pykeops'] or '-'}, triton {env['triton'] or '-'}; "
         f"git {env['git_sha'] or '-'}"
@@ -374,7 +379,7 @@ def main(argv: list | None = None, providers: dict | None = None) -> int:
         )
     finish_rows(rows, env, options)
 
-    title = f"hyperspherical energy: {env['device_name']}, {env['threads']} threads"
+    title = f"hyperspherical energy: {'; '.join(env['device_names'].values())}, {env['threads']} threads"
     console.print(results_table(rows, title))
     for (device, dtype), peak in peaks.items():
         gemm = "sgemm" if dtype == "float32" else "dgemm"

@@ -35,9 +35,8 @@ ROW_FIELDS = (
 
 def environment(devices: tuple, threads: int) -> dict:
     """Where and with what the rows are measured."""
-    names = [torch.cuda.get_device_name() if d == "cuda" else cpu_name() for d in devices]
     return {
-        "device_name": "; ".join(names),
+        "device_names": {d: torch.cuda.get_device_name() if d == "cuda" else cpu_name() for d in devices},
         "threads": threads or torch.get_num_threads(),
         # 1-minute load average before the first worker: others' work on a shared machine
         "load_avg_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -102,8 +101,10 @@ def row_command(row: dict, options: BenchOptions) -> str:
 def finish_rows(rows: list, env: dict, options: BenchOptions) -> None:
     """Add the environment, MiB, the FLOP model and each row's command."""
     for row in rows:
+        row["device_name"] = env["device_names"][row["device"]]
         for name, value in env.items():
-            row.setdefault(name, value)
+            if name != "device_names":
+                row.setdefault(name, value)
         if row.get("peak_extra_bytes") is not None:
             row["peak_extra_mib"] = row["peak_extra_bytes"] / MIB
         if row.get("time_median_s"):

@@ -298,12 +298,13 @@ def skip_reason(provider: Provider, case: Case, options: BenchOptions, history: 
     """Why a case is not run: its predicted memory (the provider's model) or its
     predicted time (the provider's last measured time in the same series, scaled
     by the number of pairs) exceeds the run's budget."""
-    if provider.extra_bytes is not None and options.max_memory_bytes > 0:
+    limit = options.max_cuda_memory_bytes if case.device == "cuda" else options.max_memory_bytes
+    if provider.extra_bytes is not None and limit > 0:
         need = provider.extra_bytes(case, options)
-        if need > options.max_memory_bytes:
+        if need > limit:
             return (
                 f"needs ~{need / GIB:.3g} GiB ({provider.name}'s memory model) "
-                f"> {options.max_memory_bytes / GIB:.3g} GiB (--max-memory-gib)"
+                f"> {limit / GIB:.3g} GiB (--max-memory-gib)"
             )
     last = history.get((provider.name, case.series()))
     if last is not None:
