@@ -268,7 +268,7 @@ def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys):
     argv += ["--csv", str(csv_path), "--json", str(json_path), "--plot", str(png_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "median (p20-p80)" in out and "peak: sgemm on cpu, measured in this run" in out
+    assert "median (p20-p80)" in out and "pairs/s" in out and "peak: sgemm on cpu, measured in this run" in out
 
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)

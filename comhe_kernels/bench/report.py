@@ -234,7 +234,7 @@ def results_table(rows: list, title: str):
     constant = [d for d in dims if len({r[d] for r in rows}) <= 1]
     table = Table(title=title, header_style="bold")
     columns = ["provider", "N", "k", *(d for d in dims if d not in constant)]
-    columns += ["error E / grad", "median (p20-p80)", "peak MiB", "GFLOP/s", "% GEMM", "vs ref", "vs keops", "status"]
+    columns += ["error E / grad", "median (p20-p80)", "peak MiB", "pairs/s", "GFLOP/s", "% GEMM", "vs ref", "vs keops", "status"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("provider", "status", *dims) else "right")
     colors = {"ok": "green", "inaccurate": "yellow", "failed": "red", "skipped": "dim"}
@@ -249,6 +249,7 @@ def results_table(rows: list, title: str):
             _fmt_err(r),
             _fmt_time(r),
             f"{r['peak_extra_bytes'] / MIB:.1f}" if measured else "",
+            f"{r['pairs_per_s']:.2e}" if r.get("pairs_per_s") else "",
             f"{r['gflops']:.3g}" if r.get("gflops") else "",
             f"{100 * r['fraction_of_peak']:.0f}%" if r.get("fraction_of_peak") else "",
             _fmt_ratio(r.get("speedup_vs_reference")),

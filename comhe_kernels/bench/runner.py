@@ -81,7 +81,7 @@ def _release_free_memory() -> None:
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the peak may then read low
+    except (OSError, AttributeError, TypeError):  # not glibc: the peak may then read low
         pass
 
 
