@@ -6,6 +6,7 @@ Sweeps (the issue's quality goals):
     python benchmarks/bench_thomson.py table --ns 101-200 --out benchmarks/results/thomson_101_200.csv
     python benchmarks/bench_thomson.py polytopes --out benchmarks/results/thomson_polytopes.csv
     python benchmarks/bench_thomson.py large --ns 10000 --time-limit 840 --out benchmarks/results/thomson_large.csv
+    python benchmarks/bench_thomson.py summary benchmarks/results/thomson_*.csv
 
 "table" compares with the shipped best-known table (dim 3, s = 1); "polytopes"
 with the proven optima in other dimensions (energies from their distance
@@ -152,9 +153,30 @@ def run(mode: str, ns: list[int], out: Path, dim: int, power: float, restarts, t
                   f"rel {row['relative_difference'] or '-':>10}  {r.seconds:7.2f} s  {r.status}", flush=True)
 
 
+def summarize(paths: list[Path]) -> str:
+    """A Markdown table (N, D, s, energy found, reference, relative difference, time, status)
+    of the rows in the given CSV files, and per file how many rows reach the reference to 1e-9."""
+    lines = ["| case | N | D | s | energy found | best known / proven / asymptotic | relative difference | time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for path in paths:
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        hits = sum(1 for r in rows if r["relative_difference"] and float(r["relative_difference"]) <= 1e-9)
+        worst = max(float(r["seconds"]) for r in rows)
+        notes.append(f"{path.name}: {hits}/{len(rows)} rows within 1e-9 of the reference, "
+                     f"slowest {worst:.1f} s, load average {min(float(r['load_average_start']) for r in rows):.1f}"
+                     f"-{max(float(r['load_average_start']) for r in rows):.1f}")
+        for r in rows:
+            lines.append(f"| {r['case']} | {r['n']} | {r['dim']} | {float(r['power']):g} | {r['energy']} | "
+                         f"{r['reference'] or '-'} | {r['relative_difference'] or '-'} | {r['seconds']} |")
+    return "\n".join(lines + [""] + notes)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["table", "polytopes", "large"])
+    p.add_argument("mode", choices=["table", "polytopes", "large", "summary"])
+    p.add_argument("csv", nargs="*", type=Path, help="summary: the CSV files to tabulate")
     p.add_argument("--ns", default="2-100", help="N values: '2-100', '100,150', ...")
     p.add_argument("--dim", type=int, default=3)
     p.add_argument("--power", type=float, default=1.0)
@@ -162,8 +184,13 @@ def main(argv=None) -> None:
     p.add_argument("--time-limit", type=float, default=25.0)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
+    if a.mode == "summary":
+        print(summarize(a.csv))
+        return
+    if a.out is None:
+        p.error("--out is required for table, polytopes and large")
     print("reproduce:", "python", " ".join(sys.argv), flush=True)
     run(a.mode, parse_ns(a.ns), a.out, a.dim, a.power, a.restarts, a.time_limit, a.patience, a.seed)
 

@@ -11,9 +11,8 @@ normalization; no N x N matrix is formed).
 
 Method
 ------
-1. Starts: the spherical Fibonacci lattice for dim = 3 (already within about
-   1e-5 relative of the best known energy at large N, so relaxing it is the
-   whole job there), Gaussian directions otherwise and for the other starts.
+1. Starts: the spherical Fibonacci lattice for dim = 3, Gaussian directions
+   otherwise and for the other starts.
 2. Local minimization: batched Riemannian L-BFGS on the product of spheres.
    The op's gradient with respect to x flows through x / |x|, so at |x_i| = 1
    it is already the tangential (Riemannian) gradient; the step is retracted
@@ -25,20 +24,23 @@ Method
    rounding. Stop when the RMS tangential gradient per point is at most
    ``gtol * max(|E|, 1) / N`` (|E| / N is the energy per point: the test is
    the same for any N, s and dim).
-3. Global search (population basin hopping): ``restarts`` starts are relaxed
-   together in one batched op call per step; then each generation makes as
-   many children, half by cut-and-splice mating (Deaven-Ho, as used for the
-   Thomson problem by Morris, Deaven and Ho, Phys. Rev. B 53, R1740 (1996):
-   the upper part of one randomly rotated parent joined to the lower part of
-   another), half by rotating a random cap of one member about its axis. A
-   relaxed child replaces the worst member when it is lower and not a copy of
-   one. The search ends when the best energy has not improved for
-   ``patience`` generations or at the time limit.
-4. Polish: the best configuration is minimized again in float64 to ``gtol``.
-
-Large N (more than ``_FLOAT32_ABOVE`` points): one start, relaxed in float32
-first (about 2.5x faster per evaluation on the CPU; the op accumulates the
-energy in float64 either way), then in float64 until the time limit.
+3. Global search, N <= 2000 (population basin hopping): ``restarts`` starts
+   are relaxed together in one batched op call per step; then each
+   generation makes as many children, half by cut-and-splice mating
+   (Deaven-Ho, as used for the Thomson problem by Morris, Deaven and Ho,
+   Phys. Rev. B 53, R1740 (1996): the upper part of one randomly rotated
+   parent joined to the lower part of another), half by rotating a random cap
+   of one member about its axis. A relaxed child replaces the worst member
+   when it is lower and not a copy of one. The search ends when the best
+   energy has not improved for ``patience`` generations or at the time limit.
+4. Global search, N > 2000 (one start; each local minimization takes seconds
+   to minutes): a multilevel start on S^2 (a configuration of (N + 6) // 4
+   points, made the same way, with every edge of its Delaunay triangulation
+   subdivided) is relaxed, then cooled slowly by Langevin dynamics with the
+   remaining time (dislocations glide and annihilate, scars form) and relaxed
+   again. Above 20,000 points these relaxations run in float32 (the op still
+   sums the energy in float64) until they stop making progress.
+5. Polish: the best configuration is minimized again in float64 to ``gtol``.
 
 The best-known table shipped with the package (dim = 3, s = 1, N = 2..470) is
 used only to report how far a result is from the best known value; the
@@ -68,8 +70,11 @@ __all__ = ["ThomsonResult", "solve", "best_known_energy", "fibonacci_sphere", "r
 TABLE_PATH = Path(__file__).resolve().parent / "data" / "thomson_best_known.tsv"
 
 # More points than this: float32 relaxation first, then float64 (see module docstring).
+# Below it float64 throughout is affordable (N = 10^4: about 40 ms per evaluation on the
+# 2 cores) and float32 would stop about 1e-8 relative short of the minimum anyway;
+# float32 took 11 ms per L-BFGS iteration at N = 5000, float64 19 ms.
 _FLOAT32_ABOVE = 20_000
-# L-BFGS memory: 10 pairs is the usual choice; more did not cut iterations at N = 200 or 10^4.
+# L-BFGS memory: 10 pairs, within the 3-20 that Nocedal & Wright (section 7.2) recommend.
 _MEMORY = 10
 # Armijo constant and the Hager-Zhang approximate Wolfe constant delta.
 _ARMIJO_C1 = 1e-4
@@ -110,9 +115,7 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _check_positive(name: str, value, allow_none: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
+def _check_positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
@@ -687,7 +690,9 @@ class ThomsonResult:
     local_minimizations: int
     distinct_minima: int
     evaluations: int
-    history: list[tuple[float, float]] = field(default_factory=list)  # (seconds, best energy)
+    # (seconds, lowest energy so far) at every improvement; entries from float32 relaxations
+    # (N > 20,000) carry the float32 rounding of the points, about 1e-8 relative.
+    history: list[tuple[float, float]] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
@@ -792,8 +797,9 @@ def solve(
         power: s >= 0 (1: Coulomb; 0: log energy).
         restarts: population size of the global search (independent starts,
             relaxed together). Default: 16 for n <= 500, 4 for n <= 2000,
-            else 1 (a single relaxation: at large n each local minimization
-            takes minutes and the Fibonacci start is already near-optimal).
+            else 1, which for n > 2000 selects the large-N method (one
+            multilevel start, relaxed, annealed with the remaining time,
+            relaxed again; module docstring).
         time_limit: wall-clock seconds for the search and polish (counted from when the op is
             loaded; its one-time build on first use is not included).
         patience: end the search after this many generations without a lower best energy.
@@ -893,7 +899,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--dim", type=int, default=3, help="ambient dimension D >= 2 (default 3)")
     p.add_argument("--power", type=float, default=1.0, help="Riesz exponent s >= 0; 0 = log energy (default 1)")
     p.add_argument("--restarts", type=int, default=None,
-                   help="population size of the global search (default: 16 for N <= 500, 4 for N <= 2000, else 1)")
+                   help="population size of the global search (default: 16 for N <= 500, 4 for N <= 2000; "
+                   "above that 1, the large-N method: multilevel start and annealing)")
     p.add_argument("--time-limit", type=float, default=25.0, help="seconds for the whole solve (default 25)")
     p.add_argument("--patience", type=int, default=10,
                    help="stop the search after this many generations without improvement (default 10)")
