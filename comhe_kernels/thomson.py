@@ -55,6 +55,7 @@ import math
 import numbers
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -102,6 +103,10 @@ _COARSEST = 500
 _COARSE_SHARE = 0.15
 # Initial Langevin noise per step, in units of the mean spacing (see _anneal).
 _ANNEAL_SIGMA = 0.05
+# One thread where an op call has fewer pairs than this (about a millisecond of one core):
+# there the fork/join of every small tensor operation costs more than it saves
+# (N = 150, 16 restarts: 6.4 s with 1 thread, 10.0 s with 2, on the shared 2 cores).
+_SERIAL_PAIRS = 2**21
 
 
 # ---------------------------------------------------------------- arguments
@@ -638,6 +643,12 @@ def _multilevel(n, dim, gtol, gen, relax, fg, until, report) -> _Minima:
     while time remains beyond 1.2 x the relaxation's time (to relax again),
     relaxed again, and the lower of the two minima is kept.
     """
+    with _torch_threads(1 if n * (n - 1) // 2 < _SERIAL_PAIRS else None):
+        return _level(n, dim, gtol, gen, relax, fg, until, report)
+
+
+def _level(n, dim, gtol, gen, relax, fg, until, report) -> _Minima:
+    """The body of _multilevel, run with the thread count chosen for n."""
     begin = time.perf_counter()
     m = (n + 6) // 4
     if dim == 3 and m >= _COARSEST:
@@ -739,30 +750,37 @@ def best_known_energy(n: int, dim: int = 3, power: float = 1.0) -> Optional[floa
 
 
 class _Progress:
-    """A rich progress bar over the time budget showing the best energy; silent when disabled."""
+    """A rich progress bar over the time budget with the phase and the energy.
+
+    Silent when disabled, or (with a warning) when rich is not installed: it is
+    an optional dependency of the package.
+    """
 
     def __init__(self, enabled: bool, n: int, time_limit: float):
         self.bar = None
         self.last = 0.0
-        if enabled:
+        if not enabled:
+            return
+        try:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        except ImportError:
+            warnings.warn("comhe_kernels.thomson: install rich for the progress bar", RuntimeWarning, stacklevel=3)
+            return
+        self.bar = Progress(
+            TextColumn("[bold]N={task.fields[n]}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+        )
+        self.task = self.bar.add_task("starting", total=time_limit, n=n)
+        self.bar.start()
+        self.start = time.perf_counter()
 
-            self.bar = Progress(
-                TextColumn("[bold]N={task.fields[n]}"),
-                BarColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.description}"),
-                transient=False,
-            )
-            self.task = self.bar.add_task("starting", total=time_limit, n=n)
-            self.bar.start()
-            self.start = time.perf_counter()
-
-    def update(self, text: str, force: bool = False) -> None:
+    def update(self, text: str) -> None:
         if self.bar is None:
             return
         now = time.perf_counter()
-        if force or now - self.last > 0.1:  # rich redraws at 10 Hz anyway
+        if now - self.last > 0.1:  # rich redraws at 10 Hz
             self.bar.update(self.task, completed=now - self.start, description=text)
             self.last = now
 
@@ -803,7 +821,9 @@ def solve(
         time_limit: wall-clock seconds for the search and polish (counted from when the op is
             loaded; its one-time build on first use is not included).
         patience: end the search after this many generations without a lower best energy.
-        seed: seeds the random starts and moves (results are reproducible on one machine).
+        seed: seeds the random starts and moves. Runs repeat exactly when the search ends
+            by ``patience`` (not by the time limit); the large-N annealing runs for a
+            time, not a number of steps, so its result depends on the machine's speed.
         device: where the op runs ("cpu", or "cuda" once a CUDA backend is built;
             without one the op falls back to its O(N^2)-memory reference).
         backend: the op's backend ("auto", "cpu", "reference", ...).
@@ -853,10 +873,7 @@ def solve(
         return _minimize(starts.to(device=device, dtype=dtype), fg, gtol=tol, max_iter=max_iter,
                          deadline=until, on_iter=on_iter, window=window)
 
-    # One thread where an op call has under 2^21 pairs (about a millisecond of one core):
-    # there the fork/join of every small tensor operation costs more than it saves
-    # (N = 150, 16 restarts: 6.4 s with 1 thread, 10.0 s with 2, on the shared 2 cores).
-    serial = device.type == "cpu" and restarts * n * (n - 1) // 2 < 2**21
+    serial = device.type == "cpu" and restarts * n * (n - 1) // 2 < _SERIAL_PAIRS
     try:
         with _torch_threads(1 if serial else None):
             if restarts == 1 and n > _LARGE_ABOVE:

@@ -281,6 +281,14 @@ def test_cli_errors(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_progress_bar(capsys, monkeypatch):
+    r = thomson.solve(8, restarts=2, patience=1, progress=True)
+    assert "N=8" in capsys.readouterr().out and r.status == "converged"
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # rich is optional
+    with pytest.warns(RuntimeWarning, match="install rich"):
+        thomson.solve(8, restarts=2, patience=1, progress=True)
+
+
 def test_python_dash_m():
     run = subprocess.run([sys.executable, "-m", "comhe_kernels.thomson", "6", "--quiet"], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)
