@@ -69,19 +69,24 @@ Buffer<U> allocate(int64_t n) {
   return Buffer<U>(static_cast<U*>(p));
 }
 
-// Pairs with d2 (or d2p) below this are recomputed in float64. The gram form's
-// absolute error on d2 is about 4 eps: 2.4e-7 in float32, 9e-16 in float64.
-// At 2^-8 that is 6e-5 relative in float32, and such pairs are a small part
-// of the energy: for s <= 2 (and the log and angular energies, which behave
-// like s <= 2) the float32 energy stays within 2e-7 of float64 in every test.
-// For s > 2 the pair density, uniform in d2 near 0, makes the closest pairs
-// dominate (the integral of d2^(-s/2) diverges), so a single pair's error
-// (s/2) * 2.4e-7 / d2 must itself stay below 1e-6: refine up to
-// d2 = (s/2) * 0.24 in float32 (0.42 at s = 3.5), costlier but exact.
+// Pairs with d2 (or d2p) below this are recomputed in float64 from x. In
+// float32 the gram form's d2 is off by up to ~2.4e-7 absolute (rounding of
+// u, h and the dot product), (s/2) 2.4e-7 / d2 relative in F. That is
+// harmless where the energy comes from the bulk of pairs (s <= 1: within
+// 3e-7 of float64 in every test at tau = 2^-8), but from s ~ 1.5 on the
+// energy is dominated by the closest pairs (in 3-D the pair density is
+// uniform in d2, and the integral of d2^(-s/2) diverges at 0 for s >= 2):
+// there even PyTorch's float32 difference form is 1.5e-6 off at s = 2. So
+// the float32 radius grows with s: tau = 2^-8 * 32^(s - 1), 0.125 at s = 2,
+// everything (4) from s = 2.6 on. The angular energies behave like the
+// chordal ones with the same s (theta ~ d / pi for close pairs). In k >= 20
+// dimensions random points essentially never come that close, so this costs
+// the CoMHE defaults nothing; at k = 3 and s = 2 it refines ~3% of pairs.
+// Float64 rounds 2e-9 times less and keeps 2^-8.
 template <class T>
 double refine_threshold(const EnergyParams& P) {
-  if (sizeof(T) == 4 && P.kind == Kind::Chordal && P.s > 2) return std::min(4.0, std::max(kTau, 0.5 * P.s * 0.24));
-  return kTau;
+  if (sizeof(T) == 8 || P.s <= 1) return kTau;
+  return std::min(4.0, kTau * std::pow(32.0, P.s - 1));
 }
 
 template <class T>
