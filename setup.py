@@ -48,9 +48,9 @@ else:
     options = {"bdist_wheel": {"py_limited_api": "cp39"}}
 
 setup(
-    packages=["comhe_kernels", "comhe_kernels.ops", "comhe_kernels.csrc"],
+    packages=["comhe_kernels", "comhe_kernels.ops", "comhe_kernels.bench", "comhe_kernels.csrc"],
     package_dir={"comhe_kernels.csrc": "csrc"},
-    package_data={"comhe_kernels.csrc": ["*.cpp", "include/comhe/*.h", "cpu/*.cpp"]},
+    package_data={"comhe_kernels": ["data/*.tsv"], "comhe_kernels.csrc": ["*.cpp", "include/comhe/*.h", "cpu/*.cpp"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options=options,

@@ -319,6 +319,13 @@ def test_gradcheck_through_the_wide_path():
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
+def test_no_silent_second_derivative():
+    x = torch.randn(20, 3, requires_grad=True)
+    e = hyperspherical_energy(x, 1)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(e, x, create_graph=True)
+
+
 def test_forward_only_call_skips_the_gradient():
     x = torch.randn(2, 50, 3)
     energy, grad = op(x, grad=False)

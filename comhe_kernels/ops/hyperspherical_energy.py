@@ -43,12 +43,19 @@ _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton"), "meta": ("cpu",)}
 _warned_fallback = False
 
 
+@torch._dynamo.assume_constant_result
+def _extension_error():
+    """The extension's load status; torch.compile takes it as a constant
+    instead of tracing the loader (file hashing, a possible build)."""
+    return _extension.load()
+
+
 def _available(name: str) -> bool:
     if name == "reference":
         return True
     if name not in _BACKENDS:
         return False
-    return _extension.load() is None
+    return _extension_error() is None
 
 
 def _resolve_backend(backend, x: torch.Tensor) -> str:
@@ -61,7 +68,7 @@ def _resolve_backend(backend, x: torch.Tensor) -> str:
             if _available(name):
                 return name
         if not _warned_fallback and device != "meta":
-            why = _extension.load() or "no fused backend for this device"
+            why = _extension_error() or "no fused backend for this device"
             warnings.warn(
                 f"comhe_kernels: no fused backend for {device} tensors ({why}); "
                 "using the O(N^2)-memory reference",
@@ -76,7 +83,7 @@ def _resolve_backend(backend, x: torch.Tensor) -> str:
     if device not in devices:
         raise ValueError(f"backend {backend!r} needs x on one of {devices}, but x is on {x.device}")
     if backend != "reference":
-        error = _extension.load()
+        error = _extension_error()
         if error is not None:
             raise RuntimeError(f"backend {backend!r} is unavailable: {error}")
     return backend
@@ -153,6 +160,12 @@ def _register_python_side() -> None:
         ctx.save_for_backward(output[1])
 
     def _backward(ctx, grad_energy, _grad_of_grad):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # the saved gradient is a constant here: a second derivative
+            # through it would be silently incomplete
+            raise RuntimeError(
+                "comhe::hyperspherical_energy has no second derivative (backward with create_graph=True)"
+            )
         if not ctx.compute_grad:
             raise RuntimeError(
                 "comhe::hyperspherical_energy was called with compute_grad=False; "
