@@ -242,7 +242,7 @@ inline void row_gemm_block(const Problem<T>& pr, T* vr_a, const T* ur_b, const T
 template <class T, class E>
 double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool diag, bool grad, T* Wb) {
   using V = typename Problem<T>::V;
-  using I = typename Problem<T>::I;
+  using Mk = simd::Mask<T>;
   constexpr int W = Problem<T>::W, NV = Problem<T>::NV, R = Problem<T>::R;
   const int64_t k = pr.L.k;
   const T* ua = pr.ut(b, ta);
@@ -251,8 +251,6 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
   const T* hb = pr.h.get() + b * pr.Npad + tb * TS;
   const int nA = pr.rows_in(ta), nB = pr.rows_in(tb);
   const T s = T(pr.P.s), delta = T(pr.P.delta), tau = pr.tau;
-  I lane;
-  for (int l = 0; l < W; ++l) lane[l] = l;
   V hbv[NV];
   for (int v = 0; v < NV; ++v) hbv[v] = load<V>(hb + v * W);
 
@@ -279,30 +277,26 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
       const T hi = ha[i];
       const int jlo = diag ? i + 1 : 0;
       V fsum = {};
-      I near_mask[NV];
-      bool any_near = false;
+      typename Mk::M near_mask[NV], near_any = {};
       for (int v = 0; v < NV; ++v) {
-        const I jj = lane + v * W;
-        const I valid = (jj >= jlo) & (jj < nB);
+        const auto valid = v * W >= jlo && (v + 1) * W <= nB ? Mk::all() : Mk::lanes(jlo - v * W, nB - v * W);
         const V hij = hi + hbv[v];
-        const V g2 = acc[r][v] + acc[r][v];
-        const V d2 = hij - g2, d2p = hij + g2;
-        I near = d2 < tau;
-        if constexpr (E::uses_d2p) near |= d2p < tau;
+        const V d2 = hij - T(2) * acc[r][v], d2p = hij + T(2) * acc[r][v];
+        auto near = Mk::lt(d2, tau);
+        if constexpr (E::uses_d2p) near |= Mk::lt(d2p, tau);
         V F, al, be;
         E::eval(d2, d2p, s, delta, F, al, be);
-        const I ok = valid & ~near;
-        fsum += ok ? F : V{};
-        store(wrow + v * W, ok ? be - al : V{});
+        const auto ok = valid & ~near;
+        fsum = Mk::add(fsum, ok, F);
+        store(wrow + v * W, Mk::keep(ok, be - al));
         near_mask[v] = valid & near;
-        any_near |= simd::any(near_mask[v]);
+        near_any |= near_mask[v];
       }
-      energy += simd::hsum(fsum);
-      if (any_near) {
+      energy += simd::hsum(simd::widen_sum(fsum));
+      if (Mk::any(near_any))
         for (int v = 0; v < NV; ++v)
           for (int l = 0; l < W; ++l)
-            if (near_mask[v][l]) energy += refine_pair<T, E>(pr, b, ta, tb, i, v * W + l, grad);
-      }
+            if (Mk::test(near_mask[v], l)) energy += refine_pair<T, E>(pr, b, ta, tb, i, v * W + l, grad);
     }
   }
   if (!grad) return energy;
