@@ -28,14 +28,12 @@ import platform
 import resource
 import subprocess
 import sys
-import time
-from itertools import combinations
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from comhe_kernels import thomson  # noqa: E402
+from comhe_kernels import thomson
 
 GOLDEN = (1 + 5**0.5) / 2
 
@@ -87,7 +85,7 @@ def proven_optima(s: float = 1.0) -> list[tuple[str, int, int, float]]:
 def _conditions() -> dict:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
+                             cwd=Path(__file__).parent, check=False).stdout.strip()
     except OSError:
         sha = ""
     return {

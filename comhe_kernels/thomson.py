@@ -58,7 +58,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ import torch
 from . import _extension
 from .ops.hyperspherical_energy import BACKENDS, hyperspherical_energy
 
-__all__ = ["ThomsonResult", "solve", "best_known_energy", "fibonacci_sphere", "riesz_energy", "main"]
+__all__ = ["ThomsonResult", "best_known_energy", "fibonacci_sphere", "main", "riesz_energy", "solve"]
 
 TABLE_PATH = Path(__file__).resolve().parent / "data" / "thomson_best_known.tsv"
 
@@ -392,8 +392,8 @@ def _minimize(
     gtol: float,
     max_iter: int,
     deadline: float,
-    on_iter: Optional[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
-    window: Optional[int] = None,
+    on_iter: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    window: int | None = None,
 ) -> _Minima:
     """Batched Riemannian L-BFGS from unit-row starts x (B, N, k).
 
@@ -517,7 +517,7 @@ def _minimize(
 
 
 @contextlib.contextmanager
-def _torch_threads(count: Optional[int]):
+def _torch_threads(count: int | None):
     """Run with ``count`` intra-op threads (the op follows torch's setting); None: unchanged."""
     before = torch.get_num_threads()
     if count is not None:
@@ -694,8 +694,8 @@ class ThomsonResult:
     grad_rms: float
     seconds: float
     status: str
-    best_known: Optional[float]
-    difference: Optional[float]
+    best_known: float | None
+    difference: float | None
     restarts: int
     generations: int
     local_minimizations: int
@@ -710,8 +710,8 @@ class ThomsonResult:
             f"N = {self.n}, dim = {self.dim}, s = {self.power:g}",
             f"energy        {self.energy:.10f}",
             f"grad norm     {self.grad_norm:.3e} (RMS per point {self.grad_rms:.3e}, {self.status})",
-            f"time          {self.seconds:.2f} s ({self.local_minimizations} local minimizations, "
-            f"{self.generations} generations, {self.evaluations} op calls)",
+            (f"time          {self.seconds:.2f} s ({self.local_minimizations} local minimizations, "
+             f"{self.generations} generations, {self.evaluations} op calls)"),
         ]
         if self.best_known is not None:
             rel = self.difference / self.best_known
@@ -731,10 +731,10 @@ class ThomsonResult:
         return path
 
 
-_table_cache: Optional[dict[int, float]] = None
+_table_cache: dict[int, float] | None = None
 
 
-def best_known_energy(n: int, dim: int = 3, power: float = 1.0) -> Optional[float]:
+def best_known_energy(n: int, dim: int = 3, power: float = 1.0) -> float | None:
     """The best known E_1 of n points on S^2 from the shipped table (N = 2..470, not every N), else None."""
     global _table_cache
     if dim != 3 or power != 1:
@@ -795,7 +795,7 @@ def solve(
     dim: int = 3,
     power=1,
     *,
-    restarts: Optional[int] = None,
+    restarts: int | None = None,
     time_limit: float = 25.0,
     patience: int = 10,
     seed: int = 0,
@@ -861,7 +861,7 @@ def solve(
     minimizations = 0
 
     def relax(starts: torch.Tensor, dtype: torch.dtype, tol: float, label: str, until: float = deadline,
-              window: Optional[int] = None) -> _Minima:
+              window: int | None = None) -> _Minima:
         def on_iter(it, index, e, rms):
             best = e.min().item()
             if starts.shape[1] == n and (not history or best < history[-1][1]):  # not a coarse level's
@@ -905,7 +905,7 @@ def solve(
 # ---------------------------------------------------------------- command line
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``comhe-thomson N [--dim D] [--power S] [--restarts R] [--seed S] [--device cpu|cuda] [--out points.npy]``."""
     p = argparse.ArgumentParser(
         prog="comhe-thomson",
