@@ -1,6 +1,6 @@
 """comhe-kernels: fused (Compressive) Minimum Hyperspherical Energy for PyTorch."""
 
-from . import projections, reference
+from . import projections, reference, thomson
 from ._extension import build_info
 from ._spec import num_pairs
 from .ops.hyperspherical_energy import hyperspherical_energy
@@ -18,5 +18,6 @@ __all__ = [
     "uniformity_loss",
     "min_pairwise_distance",
     "projections",
+    "thomson",
 ]
 __version__ = "0.1.0"
