@@ -16,13 +16,14 @@
 //  3. epilogue (per row, O(Nk)): the chain rule through the normalization.
 //
 // Gradient algebra. With alpha = dF/dd2, beta = dF/dd2p of a pair,
-// dF/du_i = 2(alpha + beta) u_i + 2(beta - alpha) u_j. Accumulate per row
+// dF/du_i = 2(alpha + beta) u_i + 2(beta - alpha) u_j. Accumulate per row,
+// all scaled by E::kappa (pair_energy.h),
 //   V_i = sum over gram pairs (beta - alpha) u_j
 //       + sum over refined pairs alpha (u_i - u_j) + beta (u_i + u_j),
 //   Aref_i = sum over refined pairs (alpha + beta);
 // then, because ||u||^2 + a = 1, the (alpha + beta) u_i terms of gram pairs
 // cancel exactly in the chain rule and
-//   dE/dx_i = (2 / r_i) [V_i - (u_i . V_i) u_i - a_i (Aref_i + D_i) u_i],
+//   dE/dx_i = (2 / (kappa r_i)) [V_i - (u_i . V_i) u_i - a_i (Aref_i + D_i) u_i],
 // D_i being the derivative of the half-space self pair (u_i, -u_i) in a_i.
 //
 // Scheduling without races: the tiles are grouped into super-tiles and the
@@ -228,7 +229,7 @@ inline void row_gemm_block(const Problem<T>& pr, T* vr_a, const T* ur_b, const T
     for (int cb = 0; cb < CB; ++cb) acc[r][cb] = load<V>(vr_a + (i0 + r) * kv + (cv + cb) * W);
   for (int j = 0; j < nB; ++j) {
     V bb[CB];
-    for (int cb = 0; cb < CB; ++cb) bb[cb] = load<V>(ur_b + j * kv + (cv + cb) * W);
+    for (int cb = 0; cb < CB; ++cb) bb[cb] = simd::load_reg<V>(ur_b + j * kv + (cv + cb) * W);
     for (int r = 0; r < R; ++r) {
       const T w = Wb[(i0 + r) * TS + j];
       for (int cb = 0; cb < CB; ++cb) acc[r][cb] += w * bb[cb];
@@ -260,7 +261,7 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
     V acc[R][NV] = {};
     for (int64_t c = 0; c < k; ++c) {
       V bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = load<V>(ub + c * TS + v * W);
+      for (int v = 0; v < NV; ++v) bv[v] = simd::load_reg<V>(ub + c * TS + v * W);
       for (int r = 0; r < R; ++r) {
         const T av = ua[c * TS + i0 + r];
         for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
@@ -309,7 +310,7 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
       for (int v = 0; v < NV; ++v) acc[rc][v] = load<V>(vb + (c0 + rc) * TS + v * W);
     for (int i = 0; i < nA; ++i) {
       V w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = load<V>(Wb + i * TS + v * W);
+      for (int v = 0; v < NV; ++v) w[v] = simd::load_reg<V>(Wb + i * TS + v * W);
       for (int rc = 0; rc < RC; ++rc) {
         const T av = ua[(c0 + rc) * TS + i];
         for (int v = 0; v < NV; ++v) acc[rc][v] += av * w[v];
@@ -510,7 +511,7 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
         double F, al, be;
         Self::eval(4.0 - 2.0 * ai, 2.0 * ai, pr.P.s, pr.P.delta, F, al, be);
         pr.self_energy[flat] = F;
-        dself = -2.0 * al + 2.0 * be;
+        dself = 2.0 * (E::kappa / Self::kappa) * (be - al);  // at E's derivative scale
       }
       if (!want_grad) continue;
       const T* vt = pr.vt(b, t) + ii;
@@ -527,7 +528,7 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
       for (int64_t c = 0; c < k; ++c) {
         double vc = double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0);
         // d u / d x = (I - u u^T) / r; a zero row with eps = 0 (r = 0) has no derivative: 0
-        g[c] = ri > 0 ? T(2.0 * (vc - radial * Problem<T>::unit(xr[c * sk], ri)) / ri) : T(0);
+        g[c] = ri > 0 ? T((2.0 / E::kappa) * (vc - radial * Problem<T>::unit(xr[c * sk], ri)) / ri) : T(0);
       }
     }
   }
