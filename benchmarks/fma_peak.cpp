@@ -1,7 +1,8 @@
 // The CPU's float32 FMA peak, measured: the ceiling the fused kernel's
 // GFLOP/s are compared with (comhe-bench compares with torch's sgemm, which
-// runs below it). Every thread runs 16 independent chains of vector FMAs
-// (16 > latency 4 x 2 pipes, so the pipes, not the chains, set the pace).
+// runs below it). Every thread runs 16 independent chains of vector FMAs:
+// more than FMA latency x FMAs per cycle (4 x 2 at most on current x86), so
+// the FMA units, not the dependency chains, set the pace.
 //   cmake --build build/cmake --target fma_peak && build/cmake/fma_peak
 #include <omp.h>
 
