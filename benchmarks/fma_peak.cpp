@@ -22,7 +22,8 @@ int main() {
     const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel reduction(+ : sink)
     {
-      threads = omp_get_num_threads();
+#pragma omp master
+      threads = omp_get_num_threads();  // one writer: no race on threads
       V acc[kChains], m, a;
       for (int c = 0; c < kChains; ++c) acc[c] = V{} + 1e-3f * float(c + omp_get_thread_num());
       m = V{} + 0.999999f;
