@@ -13,14 +13,17 @@
 //     of that path and recomputed in float64 from x in the difference form:
 //     the gram form loses ~2.4e-7 absolute to cancellation in float32, which
 //     is 6e-5 relative at tau = 1/256 but everything for coincident points.
+//     For k <= 8 one fused pass computes d2 and d2p from coordinate
+//     differences and sums instead (see small_vector), refining below tau^2.
 //  3. epilogue (per row, O(Nk)): the chain rule through the normalization.
 //
 // Gradient algebra. With alpha = dF/dd2, beta = dF/dd2p of a pair,
 // dF/du_i = 2(alpha + beta) u_i + 2(beta - alpha) u_j. Accumulate per row,
 // all scaled by E::kappa (pair_energy.h),
 //   V_i = sum over gram pairs (beta - alpha) u_j
-//       + sum over refined pairs alpha (u_i - u_j) + beta (u_i + u_j),
-//   Aref_i = sum over refined pairs (alpha + beta);
+//       + sum over other pairs alpha (u_i - u_j) + beta (u_i + u_j),
+//   Aref_i = sum over other pairs (alpha + beta),
+// the other pairs being the refined ones and all pairs of the k <= 8 path;
 // then, because ||u||^2 + a = 1, the (alpha + beta) u_i terms of gram pairs
 // cancel exactly in the chain rule and
 //   dE/dx_i = (2 / (kappa r_i)) [V_i - (u_i . V_i) u_i - a_i (Aref_i + D_i) u_i],
@@ -102,18 +105,28 @@ struct Problem {
   PointsLayout L;
   EnergyParams P;
   int64_t nT, Npad, kp, kv, q, nS;
-  T tau;  // refine_threshold
+  T tau;       // refine_threshold, for d2 and d2p from the gram
+  T tau_diff;  // the same for ||u_j -+ u_i||^2 in the few-coordinates path: tau^2 (see small_vector)
   bool wide;    // k >= W: the row-side GEMM runs with vectors over coordinates
   int small_k;  // 3, 4 or 8 when k <= 8: the fused one-pass path (super_pair_small), else 0
 
   Buffer<T> Ut, Vt;  // (B, nT, kp, TS): u and the gradient accumulators, coordinate-major tiles
   Buffer<T> Ur, Vr;  // (B, Npad, kv): point-major copies, only when wide
-  Buffer<T> h;       // (B, Npad)
-  Buffer<double> r, a, aref, self_energy;  // (B, N) or (B, Npad); r = sqrt(||x||^2 + eps), 0 for a zero row
+  Buffer<T> h, at;   // (B, Npad): ||u||^2 + a and a
+  Buffer<T> zt;      // (B, Npad): the column-side Aref terms of the few-coordinates path
+  Buffer<double> r, a, aref, self_energy;
+  // (B, nT) tiles of (k, TS): the gradient terms of refined pairs, allocated on
+  // a tile's first refined pair (few at k >= 20). Kept apart from Vt in float64:
+  // a refined pair's force can be ~1e6 times a typical pair's, and in the same
+  // float32 accumulator it would round away the thousands of small terms added
+  // after it, while their radial parts live on in Aref (a_i Aref_i u_i): 7.6e-5
+  // of max |g| off at N = 16384, k = 3, s = 2, half-space.
+  mutable std::vector<Buffer<double>> Vref;  // (B, N) or (B, Npad); r = sqrt(||x||^2 + eps), 0 for a zero row
 
   Problem(const T* x_, const PointsLayout& L_, const EnergyParams& P_) : x(x_), L(L_), P(P_) {
     nT = (L.N + TS - 1) / TS;
     tau = T(refine_threshold<T>(P));
+    tau_diff = tau * tau;
     Npad = nT * TS;
     kp = (L.k + RC - 1) / RC * RC;
     kv = (L.k + W - 1) / W * W;
@@ -123,6 +136,7 @@ struct Problem {
     nS = (nT + q - 1) / q;
     Ut = allocate<T>(L.B * nT * kp * TS);
     h = allocate<T>(L.B * Npad);
+    at = allocate<T>(L.B * Npad);
     r = allocate<double>(L.B * L.N);
     a = allocate<double>(L.B * L.N);
     if (wide) Ur = allocate<T>(L.B * Npad * kv);
@@ -130,9 +144,17 @@ struct Problem {
   void allocate_gradient() {
     Vt = allocate<T>(L.B * nT * kp * TS);
     aref = allocate<double>(L.B * Npad);
+    Vref.resize(L.B * nT);
+    if (small_k) zt = allocate<T>(L.B * Npad);
     if (wide) Vr = allocate<T>(L.B * Npad * kv);
   }
 
+  // A task owns its two tiles (see solve), so the first touch needs no lock.
+  double* vref_tile(int64_t b, int64_t t) const {
+    Buffer<double>& v = Vref[b * nT + t];
+    if (!v) v = allocate<double>(L.k * TS);
+    return v.get();
+  }
   T* ut(int64_t b, int64_t t) const { return Ut.get() + (b * nT + t) * kp * TS; }
   T* vt(int64_t b, int64_t t) const { return Vt.get() + (b * nT + t) * kp * TS; }
   T* ur(int64_t b, int64_t t) const { return Ur.get() + (b * Npad + t * TS) * kv; }
@@ -183,6 +205,7 @@ struct Problem {
       hh += double(u) * double(u);  // h from the rounded u: identical rows give d2 = a_i + a_j exactly
     }
     h[b * Npad + i] = T(hh);
+    at[b * Npad + i] = T(ai);
     return true;
   }
 };
@@ -204,12 +227,12 @@ double refine_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, int 
   double F, al, be;
   E::eval(d2, d2p, pr.P.s, pr.P.delta, F, al, be);
   if (grad) {
-    T* va = pr.vt(b, ta);
-    T* vb = pr.vt(b, tb);
+    double* va = pr.vref_tile(b, ta);
+    double* vb = pr.vref_tile(b, tb);
     for (int64_t c = 0; c < k; ++c) {
       const double ui = Problem<T>::unit(xi[c * sk], ri), uj = Problem<T>::unit(xj[c * sk], rj);
-      va[c * TS + i] += T(al * (ui - uj) + be * (ui + uj));
-      vb[c * TS + jj] += T(al * (uj - ui) + be * (ui + uj));
+      va[c * TS + i] += al * (ui - uj) + be * (ui + uj);
+      vb[c * TS + jj] += al * (uj - ui) + be * (ui + uj);
     }
     pr.aref[b * pr.Npad + gi] += al + be;
     pr.aref[b * pr.Npad + gj] += al + be;
@@ -347,11 +370,28 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
 
 // Few coordinates (k <= K <= 8): the three phases of tile_pair fused into one
 // pass over every tile of the opposite super-tile, two rows at a time. The
-// rows' gram values, weights and gradient partial sums stay in registers
+// rows' distances, weights and gradient partial sums stay in registers
 // (reduced once per super-tile, not once per tile), the two rows share the
 // loads of the opposite points and one read-modify-write of their gradient
 // accumulators, and no W buffer is written. At k = 3 the elementwise math
 // dominates, so every instruction saved around it counts.
+//
+// Here d2 = ||u_j - u_i||^2 + a_i + a_j and d2p = ||u_j + u_i||^2 + a_i + a_j
+// are computed in that form, from the differences and sums of coordinates:
+// their error comes from the rounding of u alone, ~2e-7 d relative to
+// d2 = d^2 in float32 instead of the gram form's 2.4e-7 absolute, so only
+// pairs with ||u_j -+ u_i||^2 < tau^2 (2^-16 for s <= 1: 2^-18 of the pairs
+// at k = 3, against 2^-10) go to the float64 refinement, with the same
+// worst-case error per pair. N = 65536, k = 3, fwd+bwd: 0.47 s -> 0.45 s; the
+// extra subtractions run on the FP add pipes, and the refinement had been
+// 12% of the time.
+// The gradient uses the same differences and sums: V_i += alpha (u_i - u_j)
+// + beta (u_i + u_j), V_j += alpha (u_j - u_i) + beta (u_i + u_j),
+// Aref_i, Aref_j += alpha + beta, as for refined pairs (see the top of the
+// file). The gram form's V_i += (beta - alpha) u_j would add a close pair's
+// large alpha along u_j, whose float32 rounding (alpha 6e-8) swamps the
+// pair's force alpha |u_i - u_j|: 0.5 of max |g| off at k = 8 with
+// eps = 1e-4 and planted near-duplicates.
 constexpr int kSmallRows = 2;
 
 // One vector of W points v*W.. of tile J against the rows. Partial vectors
@@ -359,40 +399,60 @@ constexpr int kSmallRows = 2;
 // get lane masks; full ones none.
 template <class T, class E, int K>
 __attribute__((always_inline)) inline void small_vector(
-    const T (&ui)[kSmallRows][K], const T (&m2ui)[kSmallRows][K], const T (&hi)[kSmallRows],
-    const typename simd::Mask<T>::M (&valid)[kSmallRows], const T* ub, const T* hb, T* vb, int v, T s, T delta,
-    T tau, bool grad, typename Problem<T>::V (&racc)[kSmallRows][K], typename Problem<T>::V& fsum,
-    typename simd::Mask<T>::M (&near_out)[kSmallRows]) {
+    const T (&ui)[kSmallRows][K], const T (&ai)[kSmallRows], const typename simd::Mask<T>::M (&valid)[kSmallRows],
+    const T* ub, const T* ab, T* vb, T* zb, int v, T s, T delta, T tau_diff, bool grad,
+    typename Problem<T>::V (&racc)[kSmallRows][K], typename Problem<T>::V (&zacc)[kSmallRows],
+    typename Problem<T>::V& fsum, typename simd::Mask<T>::M (&near_out)[kSmallRows]) {
   using V = typename Problem<T>::V;
   using Mk = simd::Mask<T>;
   constexpr int W = Problem<T>::W;
   V ubv[K];
   for (int c = 0; c < K; ++c) ubv[c] = load<V>(ub + c * TS + v * W);
-  const V hbv = load<V>(hb + v * W);
-  V w[kSmallRows];
+  const V abv = load<V>(ab + v * W);
+  V diff[kSmallRows][K], sum[kSmallRows][K], wa[kSmallRows], wb[kSmallRows];
   for (int r = 0; r < kSmallRows; ++r) {
-    const V hij = hi[r] + hbv;
-    V d2 = hij;  // h_i + h_j - 2 u_i.u_j as one FMA chain (m2ui = -2 u_i)
-    for (int c = 0; c < K; ++c) d2 += m2ui[r][c] * ubv[c];
-    const V d2p = T(2) * hij - d2;
-    auto near = Mk::lt(d2, tau);
-    if constexpr (E::uses_d2p) near |= Mk::lt(d2p, tau);
+    V dd = {}, ddp = {};
+    for (int c = 0; c < K; ++c) {
+      diff[r][c] = ubv[c] - ui[r][c];
+      dd += diff[r][c] * diff[r][c];
+      if constexpr (E::uses_d2p) {
+        sum[r][c] = ubv[c] + ui[r][c];
+        ddp += sum[r][c] * sum[r][c];
+      }
+    }
+    const V aij = ai[r] + abv, d2 = dd + aij, d2p = ddp + aij;
+    // ||u_j -+ u_i||^2, not d2: with eps > 0, d2 >= a_i + a_j keeps a near-duplicate
+    // pair's alpha bounded but its direction u_j - u_i is lost to the rounding of u
+    auto near = Mk::lt(dd, tau_diff);
+    if constexpr (E::uses_d2p) near |= Mk::lt(ddp, tau_diff);
     V F, al, be;
     E::eval(d2, d2p, s, delta, F, al, be);
     const auto ok = valid[r] & ~near;
     near_out[r] = valid[r] & near;
     fsum = Mk::add(fsum, ok, F);
-    w[r] = Mk::keep(ok, be - al);
+    wa[r] = Mk::keep(ok, al);
+    if constexpr (E::uses_d2p) wb[r] = Mk::keep(ok, be);
   }
   if (grad) {
     for (int c = 0; c < K; ++c) {
       V col = load<V>(vb + c * TS + v * W);
       for (int r = 0; r < kSmallRows; ++r) {
-        racc[r][c] += w[r] * ubv[c];
-        col += w[r] * ui[r][c];
+        racc[r][c] -= wa[r] * diff[r][c];
+        col += wa[r] * diff[r][c];
+        if constexpr (E::uses_d2p) {
+          racc[r][c] += wb[r] * sum[r][c];
+          col += wb[r] * sum[r][c];
+        }
       }
       store(vb + c * TS + v * W, col);
     }
+    V zcol = load<V>(zb + v * W);
+    for (int r = 0; r < kSmallRows; ++r) {
+      const V z = E::uses_d2p ? wa[r] + wb[r] : wa[r];
+      zacc[r] += z;
+      zcol += z;
+    }
+    store(zb + v * W, zcol);
   }
 }
 
@@ -407,23 +467,21 @@ double super_pair_small(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, 
   double energy = 0;
   for (int64_t ta = t0; ta < t1; ++ta) {
     const T* ua = pr.ut(b, ta);
-    const T* ha = pr.h.get() + b * pr.Npad + ta * TS;
+    const T* aa = pr.at.get() + b * pr.Npad + ta * TS;
     const int nA = pr.rows_in(ta);
     for (int i0 = 0; i0 < nA; i0 += R) {
-      T ui[R][K], m2ui[R][K], hi[R];
+      T ui[R][K], ai[R];
       for (int r = 0; r < R; ++r) {  // padding rows read zeros; their lanes are masked below
-        for (int c = 0; c < K; ++c) {
-          ui[r][c] = ua[c * TS + i0 + r];
-          m2ui[r][c] = T(-2) * ui[r][c];
-        }
-        hi[r] = ha[i0 + r];
+        for (int c = 0; c < K; ++c) ui[r][c] = ua[c * TS + i0 + r];
+        ai[r] = aa[i0 + r];
       }
-      V racc[R][K] = {};  // the rows' gradient partial sums, lane-wise, over the whole super-tile
+      V racc[R][K] = {}, zacc[R] = {};  // the rows' gradient partial sums, lane-wise, over the whole super-tile
       simd::vdouble esum = {};
       for (int64_t tb = (S == Sb ? ta : u0); tb < u1; ++tb) {
         const T* ub = pr.ut(b, tb);
-        const T* hb = pr.h.get() + b * pr.Npad + tb * TS;
+        const T* ab = pr.at.get() + b * pr.Npad + tb * TS;
         T* vb = grad ? pr.vt(b, tb) : nullptr;
+        T* zb = grad ? pr.zt.get() + b * pr.Npad + tb * TS : nullptr;
         const int nB = pr.rows_in(tb);
         int jlo[R];
         for (int r = 0; r < R; ++r) jlo[r] = i0 + r >= nA ? TS : tb == ta ? i0 + r + 1 : 0;
@@ -436,8 +494,11 @@ double super_pair_small(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, 
           typename Mk::M valid[R], near[R];
           for (int r = 0; r < R; ++r)
             valid[r] = v >= ffirst && v < flast ? Mk::all() : Mk::lanes(jlo[r] - v * W, nB - v * W);
-          small_vector<T, E, K>(ui, m2ui, hi, valid, ub, hb, vb, v, s, delta, pr.tau, grad, racc, fsum, near);
-          if (Mk::any(near[0] | near[1]))  // rare: pairs left out above, recomputed in float64
+          small_vector<T, E, K>(ui, ai, valid, ub, ab, vb, zb, v, s, delta, pr.tau_diff, grad, racc, zacc, fsum,
+                                near);
+          typename Mk::M near_any = near[0];
+          for (int r = 1; r < R; ++r) near_any |= near[r];
+          if (Mk::any(near_any))  // rare: pairs left out above, recomputed in float64
             for (int r = 0; r < R; ++r)
               for (int l = 0; l < W; ++l)
                 if (Mk::test(near[r], l)) energy += refine_pair<T, E>(pr, b, ta, tb, i0 + r, v * W + l, grad);
@@ -450,6 +511,8 @@ double super_pair_small(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, 
         for (int r = 0; r < R; ++r)
           for (int c = 0; c < K; ++c)  // constant indices keep racc in registers
             if (c < pr.L.k && i0 + r < nA) va[c * TS + i0 + r] += simd::hsum_same(racc[r][c]);
+        for (int r = 0; r < R; ++r)
+          if (i0 + r < nA) pr.aref[b * pr.Npad + ta * TS + i0 + r] += simd::hsum(zacc[r]);
       }
     }
   }
@@ -510,31 +573,33 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
       if (Half) {  // (u_i, -u_i): d2 = 4 ||u||^2 + 2a = 4 - 2a, d2p = 2a, a function of a alone
         double F, al, be;
         Self::eval(4.0 - 2.0 * ai, 2.0 * ai, pr.P.s, pr.P.delta, F, al, be);
-        pr.self_energy[flat] = F;
+        pr.self_energy[flat] = F / Self::lambda;
         dself = 2.0 * (E::kappa / Self::kappa) * (be - al);  // at E's derivative scale
       }
       if (!want_grad) continue;
       const T* vt = pr.vt(b, t) + ii;
       const T* vr = pr.wide ? pr.vr(b, t) + ii * pr.kv : nullptr;
+      const double* vref = pr.Vref[b * pr.nT + t] ? pr.Vref[b * pr.nT + t].get() + ii : nullptr;
+      auto v = [&](int64_t c) {
+        return double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0) + (vref ? vref[c * TS] : 0.0);
+      };
       const T* xr = pr.row(b, i);
       const int64_t sk = pr.L.stride_k;
       double dot = 0;
-      for (int64_t c = 0; c < k; ++c) {
-        double vc = double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0);
-        dot += vc * Problem<T>::unit(xr[c * sk], ri);
-      }
-      const double radial = dot + ai * (pr.aref[b * pr.Npad + i] + dself);
+      for (int64_t c = 0; c < k; ++c) dot += v(c) * Problem<T>::unit(xr[c * sk], ri);
+      const double aref = pr.aref[b * pr.Npad + i] + (pr.small_k ? double(pr.zt[b * pr.Npad + i]) : 0.0);
+      const double radial = dot + ai * (aref + dself);
       T* g = grad + flat * k;
       for (int64_t c = 0; c < k; ++c) {
-        double vc = double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0);
         // d u / d x = (I - u u^T) / r; a zero row with eps = 0 (r = 0) has no derivative: 0
-        g[c] = ri > 0 ? T((2.0 / E::kappa) * (vc - radial * Problem<T>::unit(xr[c * sk], ri)) / ri) : T(0);
+        g[c] = ri > 0 ? T((2.0 / E::kappa) * (v(c) - radial * Problem<T>::unit(xr[c * sk], ri)) / ri) : T(0);
       }
     }
   }
   for (int64_t b = 0; b < B; ++b) {  // fixed order: the same sum for any thread count
     double e = 0;
     for (int64_t S = 0; S < nS; ++S) e += super_energy[b * nS + S];
+    e /= E::lambda;  // the pair sums are at eval()'s scale
     if (Half)
       for (int64_t i = 0; i < N; ++i) e += pr.self_energy[b * N + i];
     energy[b] = e;

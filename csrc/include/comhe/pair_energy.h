@@ -5,13 +5,16 @@
 //   d2  = ||u_i - u_j||^2 + a_i + a_j  = 2 - 2 c_ij   (squared chordal distance)
 //   d2p = ||u_i + u_j||^2 + a_i + a_j  = 2 + 2 c_ij   (the same to the mirror -u_j)
 // with u = x / sqrt(||x||^2 + eps), a = eps / (||x||^2 + eps) (so ||u||^2 + a = 1).
-// eval() returns F(d2, d2p) and kappa alpha, kappa beta, where alpha = dF/dd2,
-// beta = dF/dd2p and kappa is a power of two fixed per energy (PairEnergy::kappa);
-// the kernels turn these into gradients, dd2/du_i = 2(u_i - u_j),
-// dd2p/du_i = 2(u_i + u_j), and divide by kappa once per row at the end.
-// Why kappa: for s = 1, dF/dd2 = -r^3 / 2 and the 1/2 is one multiply per pair
-// in a loop of ~19 vector operations per pair (k = 3); scaling every
-// derivative by 2 is exact and took N = 65536, k = 3 from 0.49 s to 0.47 s.
+// eval() returns lambda F(d2, d2p) and kappa alpha, kappa beta, where
+// alpha = dF/dd2, beta = dF/dd2p and lambda, kappa are powers of two fixed per
+// energy (PairEnergy::lambda, ::kappa); the kernels turn these into gradients,
+// dd2/du_i = 2(u_i - u_j), dd2p/du_i = 2(u_i + u_j), divide by kappa once per
+// row at the end and the energy by lambda once per set.
+// Why: the scales are exact and each saves a multiply per pair in a loop of
+// ~24 vector operations per pair (k = 3). For s = 1 the Newton step of 1/sqrt
+// gives r2 = 2/d in 3 operations, 1/d in 4, so F = r2 (lambda = 2), and
+// dF/dd2 = -1/(2 d^3) = -r2^3 / 16 (kappa = 16). N = 65536, k = 3: 0.49 s ->
+// 0.47 s for kappa, ~3% more for lambda.
 //
 // The angle is theta = arccos(c)/pi = (2/pi) atan2(sqrt(d2), sqrt(d2p)): exact
 // where arccos is, never NaN, and with derivatives that stay finite at both
@@ -41,8 +44,8 @@ inline Power power_case(double s) {
 }
 
 // Scalar elementary functions (host and device); vector overloads live in simd.h.
-COMHE_HD float rsqrt(float x) { return 1.0f / ::sqrtf(x); }
-COMHE_HD double rsqrt(double x) { return 1.0 / ::sqrt(x); }
+COMHE_HD float twice_rsqrt(float x) { return 2.0f / ::sqrtf(x); }
+COMHE_HD double twice_rsqrt(double x) { return 2.0 / ::sqrt(x); }
 COMHE_HD float sqrt(float x) { return ::sqrtf(x); }
 COMHE_HD double sqrt(double x) { return ::sqrt(x); }
 COMHE_HD float log(float x) { return ::logf(x); }
@@ -57,21 +60,24 @@ COMHE_HD double atan2_nonneg(double p, double q) { return ::atan2(p, q); }
 using simd::atan2_nonneg;
 using simd::exp;
 using simd::log;
-using simd::rsqrt;
+using simd::twice_rsqrt;
 using simd::sqrt;
 #endif
 
-// Radial profile in d2: f = d^-s = d2^(-s/2), or -log d for s = 0, and
-// kdf = chordal_kappa<P> df/dd2, the scale at which df costs least.
+// Radial profile in d2: lf = chordal_lambda<P> f, f = d^-s = d2^(-s/2), or
+// -log d for s = 0, and kdf = chordal_kappa<P> df/dd2: the scales at which
+// they cost least.
 template <Power P>
-constexpr double chordal_kappa = P == Power::Two ? 1.0 : 2.0;
+constexpr double chordal_lambda = P == Power::One ? 2.0 : 1.0;
+template <Power P>
+constexpr double chordal_kappa = P == Power::One ? 16.0 : P == Power::Two ? 1.0 : 2.0;
 
 template <Power P, class V, class S>
 COMHE_HD void chordal_profile(V d2, S s, V& f, V& kdf) {
   if constexpr (P == Power::One) {
-    V r = rsqrt(d2);
-    f = r;
-    kdf = -(r * r * r);
+    V r2 = twice_rsqrt(d2);
+    f = r2;
+    kdf = -(r2 * r2 * r2);
   } else if constexpr (P == Power::Two) {
     V q = S(1) / d2;
     f = q;
@@ -108,7 +114,8 @@ template <Kind K, Power P, bool Half>
 struct PairEnergy {
   // Whether F depends on d2p, so that near-antipodal pairs need care too.
   static constexpr bool uses_d2p = Half || K == Kind::Angular;
-  // The scale of the derivatives eval() returns (see the top of this file).
+  // The scales of the energy and the derivatives eval() returns (see the top of this file).
+  static constexpr double lambda = K == Kind::Angular ? 1.0 : chordal_lambda<P>;
   static constexpr double kappa = K == Kind::Angular ? 1.0 : Half ? chordal_kappa<P> / 2 : chordal_kappa<P>;
 
   // One unordered pair i < j of the N points. Half-space counts the four

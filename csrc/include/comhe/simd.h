@@ -1,5 +1,5 @@
 // Portable SIMD for the CPU kernels: GCC/Clang vector extensions plus the few
-// elementary functions the energies need (rsqrt, log, exp, atan2 of
+// elementary functions the energies need (twice_rsqrt, log, exp, atan2 of
 // non-negative arguments), branch-free so that one code path serves all lanes.
 //
 // The vector width is the build machine's (-march=native): 64 bytes with
@@ -188,36 +188,32 @@ struct Mask {
 #endif
 };
 
-// 1/sqrt(x), x > 0. The hardware estimate (14 bits with AVX-512, 12 with AVX)
-// refined by Newton steps, y <- y (1.5 - 0.5 x y^2), each of which squares the
-// relative error: float needs one (to ~1e-8 before rounding), double two.
-// sqrt + div costs about 3x as many cycles on Zen 4 and is the fallback.
-inline vfloat rsqrt(vfloat x) {
+// 2/sqrt(x), x > 0 (twice: the Newton step y <- y (3 - x y^2) of 1/sqrt
+// that doubles saves its multiply by 1/2; pair_energy.h absorbs the 2). The
+// hardware estimate (14 bits with AVX-512, 12 with AVX) refined by Newton
+// steps, each of which squares the relative error: float needs one (to ~1e-8
+// before rounding), double two. sqrt + div costs about 3x as many cycles on
+// Zen 4 and is the fallback.
+inline vfloat twice_rsqrt(vfloat x) {
 #if defined(__AVX512F__)
   vfloat y = (vfloat)_mm512_rsqrt14_ps((__m512)x);
 #elif defined(__AVX__)
   vfloat y = (vfloat)_mm256_rsqrt_ps((__m256)x);
+  y = y * (1.5f - 0.5f * x * y * y);  // 12-bit estimate: a first step
 #else
-  return 1.0f / sqrt(x);
+  return 2.0f / sqrt(x);
 #endif
 #if defined(__AVX512F__) || defined(__AVX__)
-  vfloat hx = 0.5f * x;
-  y = y * (1.5f - hx * y * y);
-#if !defined(__AVX512F__)
-  y = y * (1.5f - hx * y * y);  // 12-bit estimate: a second step
-#endif
-  return y;
+  return y * (3.0f - x * y * y);
 #endif
 }
-inline vdouble rsqrt(vdouble x) {
+inline vdouble twice_rsqrt(vdouble x) {
 #if defined(__AVX512F__)
   vdouble y = (vdouble)_mm512_rsqrt14_pd((__m512d)x);
-  vdouble hx = 0.5 * x;
-  y = y * (1.5 - hx * y * y);
-  y = y * (1.5 - hx * y * y);
-  return y;
+  y = y * (1.5 - 0.5 * x * y * y);
+  return y * (3.0 - x * y * y);
 #else
-  return 1.0 / sqrt(x);
+  return 2.0 / sqrt(x);
 #endif
 }
 
