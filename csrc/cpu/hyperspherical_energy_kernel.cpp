@@ -382,9 +382,10 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
 // d2 = d^2 in float32 instead of the gram form's 2.4e-7 absolute, so only
 // pairs with ||u_j -+ u_i||^2 < tau^2 (2^-16 for s <= 1: 2^-18 of the pairs
 // at k = 3, against 2^-10) go to the float64 refinement, with the same
-// worst-case error per pair. N = 65536, k = 3, fwd+bwd: 0.47 s -> 0.45 s; the
-// extra subtractions run on the FP add pipes, and the refinement had been
-// 12% of the time.
+// worst-case error per pair. The refinement had been 12% of the time at
+// N = 65536, k = 3; the differences, sums and the Aref terms cost about as
+// much, so fwd+bwd went only from 0.47 s to 0.46 s, but the float32
+// gradient error fell 10x (s = 1) to 100x (s = 2, half-space, angular).
 // The gradient uses the same differences and sums: V_i += alpha (u_i - u_j)
 // + beta (u_i + u_j), V_j += alpha (u_j - u_i) + beta (u_i + u_j),
 // Aref_i, Aref_j += alpha + beta, as for refined pairs (see the top of the
