@@ -49,7 +49,7 @@ def test_matches_reference(power, half_space, n, dtype):
 @pytest.mark.parametrize("power", [1, "a2"])
 def test_every_coordinate_path(k, power):
     """k <= 8 takes the fused one-pass path (3, 4 and 8 wide), larger k the tile
-    GEMMs, k >= 16 with coordinate vectors on the row side."""
+    GEMMs (the row side on the transposed weight tile)."""
     x = torch.randn(3, 150, k, dtype=torch.float64)
     for half_space in (False, True):
         e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend="cpu")

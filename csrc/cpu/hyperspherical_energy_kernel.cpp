@@ -104,24 +104,22 @@ struct Problem {
   const T* x;
   PointsLayout L;
   EnergyParams P;
-  int64_t nT, Npad, kp, kv, q, nS;
+  int64_t nT, Npad, kp, q, nS;
   T tau;       // refine_threshold, for d2 and d2p from the gram
   T tau_diff;  // the same for ||u_j -+ u_i||^2 in the few-coordinates path: tau^2 (see small_vector)
-  bool wide;    // k >= W: the row-side GEMM runs with vectors over coordinates
   int small_k;  // 3, 4 or 8 when k <= 8: the fused one-pass path (super_pair_small), else 0
 
   Buffer<T> Ut, Vt;  // (B, nT, kp, TS): u and the gradient accumulators, coordinate-major tiles
-  Buffer<T> Ur, Vr;  // (B, Npad, kv): point-major copies, only when wide
   Buffer<T> h, at;   // (B, Npad): ||u||^2 + a and a
   Buffer<T> zt;      // (B, Npad): the column-side Aref terms of the few-coordinates path
-  Buffer<double> r, a, aref, self_energy;
+  Buffer<double> r, a, aref, self_energy;  // (B, N) or (B, Npad); r = sqrt(||x||^2 + eps), 0 for a zero row
   // (B, nT) tiles of (k, TS): the gradient terms of refined pairs, allocated on
   // a tile's first refined pair (few at k >= 20). Kept apart from Vt in float64:
   // a refined pair's force can be ~1e6 times a typical pair's, and in the same
   // float32 accumulator it would round away the thousands of small terms added
   // after it, while their radial parts live on in Aref (a_i Aref_i u_i): 7.6e-5
   // of max |g| off at N = 16384, k = 3, s = 2, half-space.
-  mutable std::vector<Buffer<double>> Vref;  // (B, N) or (B, Npad); r = sqrt(||x||^2 + eps), 0 for a zero row
+  mutable std::vector<Buffer<double>> Vref;
 
   Problem(const T* x_, const PointsLayout& L_, const EnergyParams& P_) : x(x_), L(L_), P(P_) {
     nT = (L.N + TS - 1) / TS;
@@ -129,8 +127,6 @@ struct Problem {
     tau_diff = tau * tau;
     Npad = nT * TS;
     kp = (L.k + RC - 1) / RC * RC;
-    kv = (L.k + W - 1) / W * W;
-    wide = L.k >= W;
     small_k = L.k <= 3 ? 3 : L.k == 4 ? 4 : L.k <= 8 ? 8 : 0;  // kp >= small_k: padding rows are zero
     q = std::min<int64_t>(kMaxTilesPerSuper, std::max<int64_t>(1, (nT + 63) / 64));
     nS = (nT + q - 1) / q;
@@ -139,14 +135,12 @@ struct Problem {
     at = allocate<T>(L.B * Npad);
     r = allocate<double>(L.B * L.N);
     a = allocate<double>(L.B * L.N);
-    if (wide) Ur = allocate<T>(L.B * Npad * kv);
   }
   void allocate_gradient() {
     Vt = allocate<T>(L.B * nT * kp * TS);
     aref = allocate<double>(L.B * Npad);
     Vref.resize(L.B * nT);
     if (small_k) zt = allocate<T>(L.B * Npad);
-    if (wide) Vr = allocate<T>(L.B * Npad * kv);
   }
 
   // A task owns its two tiles (see solve), so the first touch needs no lock.
@@ -157,8 +151,6 @@ struct Problem {
   }
   T* ut(int64_t b, int64_t t) const { return Ut.get() + (b * nT + t) * kp * TS; }
   T* vt(int64_t b, int64_t t) const { return Vt.get() + (b * nT + t) * kp * TS; }
-  T* ur(int64_t b, int64_t t) const { return Ur.get() + (b * Npad + t * TS) * kv; }
-  T* vr(int64_t b, int64_t t) const { return Vr.get() + (b * Npad + t * TS) * kv; }
   const T* row(int64_t b, int64_t i) const { return x + b * L.stride_b + i * L.stride_n; }
   // u in float64, by division: x / |x| is then exactly +-1 for k = 1 and
   // identical rows give identical u, so coincident stays coincident.
@@ -196,12 +188,10 @@ struct Problem {
     r[flat] = rr;
     a[flat] = ai;
     T* ut_ = ut(b, t);
-    T* ur_ = wide ? ur(b, t) + ii * kv : nullptr;
     double hh = ai;
     for (int64_t c = 0; c < k; ++c) {
       T u = T(unit(xr[c * sk], rr));
       ut_[c * TS + ii] = u;
-      if (wide) ur_[c] = u;
       hh += double(u) * double(u);  // h from the rounded u: identical rows give d2 = a_i + a_j exactly
     }
     h[b * Npad + i] = T(hh);
@@ -240,31 +230,35 @@ double refine_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, int 
   return F;
 }
 
-// Row side of the gradient with vectors over coordinates (k >= W):
-// Vr[i][c] += sum_j Wb[i][j] Ur_J[j][c] for CB coordinate vectors at once.
-template <class T, int CB>
-inline void row_gemm_block(const Problem<T>& pr, T* vr_a, const T* ur_b, const T* Wb, int i0, int cv, int nB) {
+// One side of a tile pair's gradient: v[c][j] += sum_{i < n} u[c][i] M[i][j]
+// for all coordinates c and the TS points j, with M = W (the column side,
+// v = V_J, u = u_I) or M = W^T (the row side, v = V_I, u = u_J). RC x NV
+// accumulators (16 with AVX-512) per block of coordinates; each step loads
+// NV vectors of M and broadcasts RC coordinates: 94% of the FMA peak.
+template <class T>
+void accumulate_gradient(const Problem<T>& pr, T* v, const T* u, const T* M, int n) {
   using V = typename Problem<T>::V;
-  constexpr int R = Problem<T>::R, W = Problem<T>::W;
-  const int64_t kv = pr.kv;
-  V acc[R][CB];
-  for (int r = 0; r < R; ++r)
-    for (int cb = 0; cb < CB; ++cb) acc[r][cb] = load<V>(vr_a + (i0 + r) * kv + (cv + cb) * W);
-  for (int j = 0; j < nB; ++j) {
-    V bb[CB];
-    for (int cb = 0; cb < CB; ++cb) bb[cb] = simd::load_reg<V>(ur_b + j * kv + (cv + cb) * W);
-    for (int r = 0; r < R; ++r) {
-      const T w = Wb[(i0 + r) * TS + j];
-      for (int cb = 0; cb < CB; ++cb) acc[r][cb] += w * bb[cb];
+  constexpr int W = Problem<T>::W, NV = Problem<T>::NV;
+  for (int64_t c0 = 0; c0 < pr.kp; c0 += RC) {
+    V acc[RC][NV];
+    for (int rc = 0; rc < RC; ++rc)
+      for (int l = 0; l < NV; ++l) acc[rc][l] = load<V>(v + (c0 + rc) * TS + l * W);
+    for (int i = 0; i < n; ++i) {
+      V m[NV];
+      for (int l = 0; l < NV; ++l) m[l] = simd::load_reg<V>(M + i * TS + l * W);
+      for (int rc = 0; rc < RC; ++rc) {
+        const T uc = u[(c0 + rc) * TS + i];
+        for (int l = 0; l < NV; ++l) acc[rc][l] += uc * m[l];
+      }
     }
+    for (int rc = 0; rc < RC; ++rc)
+      for (int l = 0; l < NV; ++l) store(v + (c0 + rc) * TS + l * W, acc[rc][l]);
   }
-  for (int r = 0; r < R; ++r)
-    for (int cb = 0; cb < CB; ++cb) store(vr_a + (i0 + r) * kv + (cv + cb) * W, acc[r][cb]);
 }
 
 // One 64 x 64 tile pair (ta, tb); diag: ta == tb, pairs i < j only. Returns the energy.
 template <class T, class E>
-double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool diag, bool grad, T* Wb) {
+double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool diag, bool grad, T* Wb, T* WTb) {
   using V = typename Problem<T>::V;
   using Mk = simd::Mask<T>;
   constexpr int W = Problem<T>::W, NV = Problem<T>::NV, R = Problem<T>::R;
@@ -325,46 +319,15 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
   }
   if (!grad) return energy;
 
-  // column side: V_J[c][j] += sum_i u_I[c][i] W[i][j]
-  T* vb = pr.vt(b, tb);
-  for (int64_t c0 = 0; c0 < pr.kp; c0 += RC) {
-    V acc[RC][NV];
-    for (int rc = 0; rc < RC; ++rc)
-      for (int v = 0; v < NV; ++v) acc[rc][v] = load<V>(vb + (c0 + rc) * TS + v * W);
-    for (int i = 0; i < nA; ++i) {
-      V w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = simd::load_reg<V>(Wb + i * TS + v * W);
-      for (int rc = 0; rc < RC; ++rc) {
-        const T av = ua[(c0 + rc) * TS + i];
-        for (int v = 0; v < NV; ++v) acc[rc][v] += av * w[v];
-      }
-    }
-    for (int rc = 0; rc < RC; ++rc)
-      for (int v = 0; v < NV; ++v) store(vb + (c0 + rc) * TS + v * W, acc[rc][v]);
-  }
-  // row side: V_I[i] += sum_j W[i][j] u_J[j]
-  if (!pr.wide) {  // few coordinates: one dot product over j per (i, c)
-    T* va = pr.vt(b, ta);
-    for (int i = 0; i < nA; ++i) {
-      V w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = load<V>(Wb + i * TS + v * W);
-      for (int64_t c = 0; c < k; ++c) {
-        V sum = w[0] * load<V>(ub + c * TS);
-        for (int v = 1; v < NV; ++v) sum += w[v] * load<V>(ub + c * TS + v * W);
-        va[c * TS + i] += simd::hsum_same(sum);
-      }
-    }
-  } else {  // many coordinates: a GEMM with vectors over c, no horizontal sums
-    T* vr_a = pr.vr(b, ta);
-    const T* ur_b = pr.ur(b, tb);
-    const int kvv = int(pr.kv / W);
-    for (int i0 = 0; i0 < nA; i0 += R) {
-      int cv = 0;
-      for (; cv + 4 <= kvv; cv += 4) row_gemm_block<T, 4>(pr, vr_a, ur_b, Wb, i0, cv, nB);
-      for (; cv + 2 <= kvv; cv += 2) row_gemm_block<T, 2>(pr, vr_a, ur_b, Wb, i0, cv, nB);
-      for (; cv < kvv; ++cv) row_gemm_block<T, 1>(pr, vr_a, ur_b, Wb, i0, cv, nB);
-    }
-  }
+  // W is zero outside the pairs computed here (lanes masked, padding rows
+  // cleared), so both sides may run over whole rows of it.
+  accumulate_gradient(pr, pr.vt(b, tb), ua, Wb, nA);  // V_J += W^T u_I
+  // V_I += W u_J in the same form, on W^T: the row-major GEMM on W itself
+  // would need point-major copies of u and V (2 N k more memory) and ran at
+  // 76% of the FMA peak against 94% (its u_J tile, 64 KB at k = 256, does not
+  // stay in L1). The transpose costs ~1% of the two GEMMs.
+  simd::transpose_tile<T, TS>(Wb, WTb);
+  accumulate_gradient(pr, pr.vt(b, ta), ub, WTb, nB);
   return energy;
 }
 
@@ -522,7 +485,7 @@ double super_pair_small(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, 
 
 // All tile pairs between super-tiles S and Sb (S == Sb: the pairs within S).
 template <class T, class E>
-double super_pair(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, bool grad, T* Wb) {
+double super_pair(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, bool grad, T* Wb, T* WTb) {
   const int64_t t0 = S * pr.q, t1 = std::min(pr.nT, t0 + pr.q);
   const int64_t u0 = Sb * pr.q, u1 = std::min(pr.nT, u0 + pr.q);
   switch (pr.small_k) {
@@ -533,7 +496,7 @@ double super_pair(const Problem<T>& pr, int64_t b, int64_t S, int64_t Sb, bool g
   }
   double e = 0;
   for (int64_t ta = t0; ta < t1; ++ta)
-    for (int64_t tb = (S == Sb ? ta : u0); tb < u1; ++tb) e += tile_pair<T, E>(pr, b, ta, tb, ta == tb, grad, Wb);
+    for (int64_t tb = (S == Sb ? ta : u0); tb < u1; ++tb) e += tile_pair<T, E>(pr, b, ta, tb, ta == tb, grad, Wb, WTb);
   return e;
 }
 
@@ -547,22 +510,23 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
   std::vector<double> super_energy(size_t(B * nS), 0.0);
   if (want_grad) pr.allocate_gradient();
   if (Half) pr.self_energy = allocate<double>(B * N);
-  std::vector<Buffer<T>> scratch;
-  for (int t = 0; t < nthreads; ++t) scratch.push_back(allocate<T>(TS * TS));
+  std::vector<Buffer<T>> scratch;  // per thread: W and W^T of a tile pair
+  for (int t = 0; t < nthreads; ++t) scratch.push_back(allocate<T>(2 * TS * TS));
 
 #pragma omp parallel num_threads(nthreads)
   {
     T* Wb = scratch[omp_get_thread_num()].get();
+    T* WTb = Wb + TS * TS;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < B * nS; ++t)
-      super_energy[t] += super_pair<T, E>(pr, t / nS, t % nS, t % nS, want_grad, Wb);
+      super_energy[t] += super_pair<T, E>(pr, t / nS, t % nS, t % nS, want_grad, Wb, WTb);
     for (int64_t round = 0; round + 1 < M; ++round) {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < B * (M / 2); ++t) {
         const int64_t b = t / (M / 2), m = t % (M / 2);
         const int64_t S = m == 0 ? round : (round + m) % (M - 1);
         const int64_t Sb = m == 0 ? M - 1 : (round - m + (M - 1)) % (M - 1);
-        if (S < nS && Sb < nS) super_energy[b * nS + S] += super_pair<T, E>(pr, b, S, Sb, want_grad, Wb);
+        if (S < nS && Sb < nS) super_energy[b * nS + S] += super_pair<T, E>(pr, b, S, Sb, want_grad, Wb, WTb);
       }
     }
     // epilogue: the half-space self pairs and the chain rule through the normalization
@@ -579,10 +543,9 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
       }
       if (!want_grad) continue;
       const T* vt = pr.vt(b, t) + ii;
-      const T* vr = pr.wide ? pr.vr(b, t) + ii * pr.kv : nullptr;
       const double* vref = pr.Vref[b * pr.nT + t] ? pr.Vref[b * pr.nT + t].get() + ii : nullptr;
       auto v = [&](int64_t c) {
-        return double(vt[c * TS]) + (vr ? double(vr[c]) : 0.0) + (vref ? vref[c * TS] : 0.0);
+        return double(vt[c * TS]) + (vref ? vref[c * TS] : 0.0);
       };
       const T* xr = pr.row(b, i);
       const int64_t sk = pr.L.stride_k;
