@@ -3,7 +3,6 @@
 compiles the same sources on first use (comhe_kernels/_extension.py)."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
