@@ -110,7 +110,8 @@ struct Problem {
   int small_k;  // 3, 4 or 8 when k <= 8: the fused one-pass path (super_pair_small), else 0
 
   Buffer<T> Ut, Vt;  // (B, nT, kp, TS): u and the gradient accumulators, coordinate-major tiles
-  Buffer<T> h, at;   // (B, Npad): ||u||^2 + a and a
+  Buffer<T> h;       // (B, Npad): ||u||^2 + a, for the gram path (k > 8)
+  Buffer<T> at;      // (B, Npad): a, for the difference form (k <= 8)
   Buffer<T> zt;      // (B, Npad): the column-side Aref terms of the few-coordinates path
   Buffer<double> r, a, aref, self_energy;  // (B, N) or (B, Npad); r = sqrt(||x||^2 + eps), 0 for a zero row
   // (B, nT) tiles of (k, TS): the gradient terms of refined pairs, allocated on
@@ -131,8 +132,10 @@ struct Problem {
     q = std::min<int64_t>(kMaxTilesPerSuper, std::max<int64_t>(1, (nT + 63) / 64));
     nS = (nT + q - 1) / q;
     Ut = allocate<T>(L.B * nT * kp * TS);
-    h = allocate<T>(L.B * Npad);
-    at = allocate<T>(L.B * Npad);
+    if (small_k)
+      at = allocate<T>(L.B * Npad);  // padding points: a = 0, their lanes are masked
+    else
+      h = allocate<T>(L.B * Npad);
     r = allocate<double>(L.B * L.N);
     a = allocate<double>(L.B * L.N);
   }
@@ -194,8 +197,10 @@ struct Problem {
       ut_[c * TS + ii] = u;
       hh += double(u) * double(u);  // h from the rounded u: identical rows give d2 = a_i + a_j exactly
     }
-    h[b * Npad + i] = T(hh);
-    at[b * Npad + i] = T(ai);
+    if (small_k)
+      at[b * Npad + i] = T(ai);
+    else
+      h[b * Npad + i] = T(hh);
     return true;
   }
 };
@@ -604,7 +609,7 @@ KernelStatus hyperspherical_energy_cpu(const T* x, const PointsLayout& layout, c
   // Threads beyond the number of independent tasks only add wake-up latency.
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, B * pr.nS)));
   int64_t first_bad = B * N;
-  std::fill(pr.h.get(), pr.h.get() + B * pr.Npad, T(1));  // padding points: harmless values, masked anyway
+  if (pr.h) std::fill(pr.h.get(), pr.h.get() + B * pr.Npad, T(1));  // padding points: harmless values, masked anyway
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(min : first_bad) if (B * N * layout.k > 65536)
   for (int64_t flat = 0; flat < B * N; ++flat)
     if (!pr.prologue_row(flat / N, flat % N)) first_bad = std::min(first_bad, flat);
