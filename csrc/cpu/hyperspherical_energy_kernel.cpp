@@ -197,7 +197,7 @@ struct Problem {
       ut_[c * TS + ii] = u;
       hh += double(u) * double(u);  // h from the rounded u: identical rows give d2 = a_i + a_j exactly
     }
-    if (small_k)
+    if (small_k)  // the difference form needs a alone
       at[b * Npad + i] = T(ai);
     else
       h[b * Npad + i] = T(hh);
@@ -239,7 +239,7 @@ double refine_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, int 
 // for all coordinates c and the TS points j, with M = W (the column side,
 // v = V_J, u = u_I) or M = W^T (the row side, v = V_I, u = u_J). RC x NV
 // accumulators (16 with AVX-512) per block of coordinates; each step loads
-// NV vectors of M and broadcasts RC coordinates: 94% of the FMA peak.
+// NV vectors of M and broadcasts RC coordinates: ~90% of the FMA peak.
 template <class T>
 void accumulate_gradient(const Problem<T>& pr, T* v, const T* u, const T* M, int n) {
   using V = typename Problem<T>::V;
