@@ -331,7 +331,8 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
         E::eval(d2, d2p, s, delta, F, al, be);
         const auto ok = valid & ~near;
         fsum = Mk::add(fsum, ok, F);
-        store(wrow + v * W, Mk::keep(ok, be - al));
+        if (grad)  // W serves the gradient only (forward alone 1% faster at k = 256)
+          store(wrow + v * W, Mk::keep(ok, be - al));
         near_mask[v] = valid & near;
         near_any |= near_mask[v];
       }
