@@ -12,9 +12,9 @@
 // row at the end and the energy by lambda once per set.
 // Why: the scales are exact and each saves a multiply per vector of pairs in
 // a loop of ~24 vector operations per vector (k = 3). For s = 1 the Newton
-// step of 1/sqrt gives r2 = 2/d in 3 operations, 1/d in 4, so F = r2 (lambda = 2), and
-// dF/dd2 = -1/(2 d^3) = -r2^3 / 16 (kappa = 16). N = 65536, k = 3: 0.49 s ->
-// 0.47 s for kappa, ~3% more for lambda.
+// step of 1/sqrt gives r2 = 2/d in 3 operations, 1/d in 4, so F = r2
+// (lambda = 2), and dF/dd2 = -1/(2 d^3) = -r2^3 / 16 (kappa = 16).
+// N = 65536, k = 3: 0.49 s -> 0.47 s for kappa, ~3% more for lambda.
 //
 // The angle is theta = arccos(c)/pi = (2/pi) atan2(sqrt(d2), sqrt(d2p)): exact
 // where arccos is, never NaN, and with derivatives that stay finite at both
