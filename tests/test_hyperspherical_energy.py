@@ -430,11 +430,16 @@ def test_op_level_checks_name_the_argument():
 
 
 def _with_close_pairs(n, k, dtype):
-    """Random points plus planted near-duplicates and near-antipodes."""
+    """Random points plus planted near-duplicates and near-antipodes, both as
+    neighbours (the same tile: the kernels' masked diagonal blocks) and n / 2
+    rows apart (different tiles: their full, unmasked blocks)."""
     x = torch.randn(n, k, dtype=torch.float64)
-    m = n // 50
-    x[1 : 2 * m : 2] = x[0 : 2 * m : 2] + 1e-5 * torch.randn(m, k, dtype=torch.float64)
-    x[2 * m : 4 * m : 2] = -x[2 * m + 1 : 4 * m : 2] + 1e-6 * torch.randn(m, k, dtype=torch.float64)
+    m, h = n // 50, n // 2
+    noise = lambda scale: scale * torch.randn(m, k, dtype=torch.float64)
+    x[1 : 2 * m : 2] = x[0 : 2 * m : 2] + noise(1e-5)
+    x[2 * m : 4 * m : 2] = -x[2 * m + 1 : 4 * m : 2] + noise(1e-6)
+    x[h : h + m] = x[4 * m : 5 * m] + noise(1e-5)
+    x[h + m : h + 2 * m] = -x[5 * m : 6 * m] + noise(1e-6)
     return x.to(dtype)
 
 
@@ -444,6 +449,7 @@ def _with_close_pairs(n, k, dtype):
         (16384, 3, 1, False, 0.0),
         (16384, 3, 1, False, 1e-4),
         (16384, 3, 2, True, 1e-4),
+        (16384, 3, 2, True, 0.0),
         (16384, 3, "a2", False, 1e-4),
         (16384, 32, 1, False, 1e-4),
         (4096, 256, 0, True, 1e-4),
