@@ -106,18 +106,22 @@ def test_batched_equals_separate_calls():
         assert hyperspherical_energy(x[b], 1, reduction="sum") == together[b]
 
 
-def test_result_independent_of_thread_count():
-    """The schedule depends on N only, so every sum is formed in the same order."""
-    x = torch.randn(2, 3000, 3)
+@pytest.mark.parametrize("k", [3, 20])
+def test_result_independent_of_thread_count(k):
+    """The schedule depends on N only, so every sum is formed in the same order.
+    N = 3000: 47 super-tiles, an odd number (a bye in every round); 3 threads:
+    more than this machine's cores, so threads wait for each other's tasks."""
+    x = torch.randn(2, 3000, k)
     threads = torch.get_num_threads()
+    results = []
     try:
-        torch.set_num_threads(1)
-        e1, g1 = energy_and_grad(x, 1, reduction="none")
-        torch.set_num_threads(max(2, threads))
-        e2, g2 = energy_and_grad(x, 1, reduction="none")
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(energy_and_grad(x, 1, reduction="none"))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(e1, e2) and torch.equal(g1, g2)
+    for e, g in results[1:]:
+        assert torch.equal(e, results[0][0]) and torch.equal(g, results[0][1])
 
 
 # ---- adversarial inputs --------------------------------------------------------

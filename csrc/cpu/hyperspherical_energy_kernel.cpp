@@ -32,9 +32,10 @@
 // Scheduling without races: the tiles are grouped into super-tiles and the
 // super-tile pairs are played as a round-robin tournament (the circle
 // method). Within a round no super-tile appears twice, so a task may update
-// the accumulators of both its tiles. The grouping depends on N only, so the
-// order of every floating-point sum, and the result, does not depend on the
-// number of threads.
+// the accumulators of both its tiles, and a task starts as soon as its two
+// super-tiles are done with their previous rounds (no barrier per round).
+// The grouping depends on N only, so the order of every floating-point sum,
+// and the result, does not depend on the number of threads.
 #include "comhe/hyperspherical_energy.h"
 
 #include <omp.h>
@@ -43,11 +44,13 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <thread>
 #include <vector>
 
 namespace comhe {
@@ -579,22 +582,47 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
   std::vector<Buffer<T>> scratch;  // per thread: W and W^T of a tile pair
   for (int t = 0; t < nthreads; ++t) scratch.push_back(allocate<T>(2 * TS * TS));
 
+  // Tasks in a fixed order: round 0 the super-tiles with themselves, round
+  // r >= 1 the pairs of round r - 1 of the tournament. A task may start once
+  // both its super-tiles have finished their previous rounds (done[] counts
+  // them): each super-tile's accumulators still receive their terms in round
+  // order, but a thread that runs out of work in a round goes on into the
+  // next instead of waiting at a barrier for the slowest task: N = 16384,
+  // k = 256 0.992 -> 0.977 s, N = 65536, k = 3 0.424 -> 0.411 s. No
+  // deadlock: a task waits only for tasks earlier in the order, all of them
+  // already taken by running threads.
+  const int64_t per_round = std::max(nS, M / 2), n_tasks = B * per_round * M;
+  std::vector<std::atomic<int64_t>> done(size_t(B * nS));
+  for (auto& d : done) d.store(0, std::memory_order_relaxed);
+  std::atomic<int64_t> next_task{0};
+  auto wait_for = [&](int64_t st, int64_t round) {
+    while (done[st].load(std::memory_order_acquire) < round) std::this_thread::yield();
+  };
+
 #pragma omp parallel num_threads(nthreads)
   {
     T* Wb = scratch[omp_get_thread_num()].get();
     T* WTb = Wb + TS * TS;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < B * nS; ++t)
-      super_energy[t] += super_pair<T, E>(pr, t / nS, t % nS, t % nS, want_grad, Wb, WTb);
-    for (int64_t round = 0; round + 1 < M; ++round) {
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < B * (M / 2); ++t) {
-        const int64_t b = t / (M / 2), m = t % (M / 2);
-        const int64_t S = m == 0 ? round : (round + m) % (M - 1);
-        const int64_t Sb = m == 0 ? M - 1 : (round - m + (M - 1)) % (M - 1);
-        if (S < nS && Sb < nS) super_energy[b * nS + S] += super_pair<T, E>(pr, b, S, Sb, want_grad, Wb, WTb);
+    for (int64_t t; (t = next_task.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
+      const int64_t round = t / (B * per_round), b = t / per_round % B, m = t % per_round;
+      int64_t S, Sb;
+      if (round == 0) {
+        if (m >= nS) continue;
+        S = Sb = m;
+      } else {
+        if (m >= M / 2) continue;
+        S = m == 0 ? round - 1 : (round - 1 + m) % (M - 1);
+        Sb = m == 0 ? M - 1 : (round - 1 - m + (M - 1)) % (M - 1);
+        if (S >= nS) std::swap(S, Sb);  // the bye: S alone, nothing to compute
       }
+      const int64_t s0 = b * nS + S, s1 = b * nS + Sb;
+      wait_for(s0, round);
+      if (Sb < nS) wait_for(s1, round);
+      if (Sb < nS) super_energy[s0] += super_pair<T, E>(pr, b, S, Sb, want_grad, Wb, WTb);
+      done[s0].store(round + 1, std::memory_order_release);
+      if (Sb < nS && Sb != S) done[s1].store(round + 1, std::memory_order_release);
     }
+#pragma omp barrier
     // epilogue: the half-space self pairs and the chain rule through the normalization
 #pragma omp for schedule(static)
     for (int64_t flat = 0; flat < B * N; ++flat) {
