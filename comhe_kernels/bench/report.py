@@ -71,13 +71,16 @@ def _dist_version(name: str) -> str:
 
 
 def git_sha() -> str:
-    """The checkout's commit, with "+dirty" when it has changes; "" outside a checkout."""
+    """The checkout's commit, with "+dirty" when it has changes other than to
+    benchmarks/results (the output of earlier runs, which changes nothing
+    measured); "" outside a checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return ""
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        changes = ["git", "status", "--porcelain", "--", ".", ":(exclude)benchmarks/results"]
+        status = subprocess.run(changes, cwd=root, capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return ""
