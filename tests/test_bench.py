@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,9 +45,10 @@ from comhe_kernels.bench.runner import (
     reps_for,
     run_benchmark,
     skip_reason,
+    warm_up,
 )
 
-FAST = ["--gemm-sizes", "256", "--rep-seconds", "0.01", "--min-reps", "2", "--max-reps", "3"]
+FAST = ["--gemm-sizes", "256", "--rep-seconds", "0.01", "--warmup-seconds", "0", "--min-reps", "2", "--max-reps", "3"]
 
 # --------------------------------------------------------------------------- fake providers
 
@@ -102,6 +104,8 @@ def _registry(*extra):
         (["--plot", "out.jpg"], "argument --plot: expected a file name ending in .png"),
         (["--quick", "--full"], "argument --full: not allowed with argument --quick"),
         (["--rep-seconds", "0"], "argument --rep-seconds: expected a positive number, got '0'"),
+        (["--warmup-seconds", "-1"], "argument --warmup-seconds: expected a number >= 0, got '-1'"),
+        (["--warmup-seconds", "inf"], "argument --warmup-seconds: expected a number >= 0, got 'inf'"),
     ],
 )
 def test_argument_errors_name_the_argument(argv, message, capsys):
@@ -184,6 +188,14 @@ def test_quantile_and_reps():
     assert quantile([4.0, 1.0, 3.0, 2.0, 5.0], 0.5) == 3.0
     options = BenchOptions(min_reps=3, max_reps=20, rep_seconds=2.0)
     assert reps_for(10.0, options) == 3 and reps_for(0.5, options) == 4 and reps_for(1e-5, options) == 20
+
+
+def test_warm_up_runs_until_its_time_is_spent():
+    calls = []
+    call = lambda: calls.append(time.sleep(0.01))
+    assert warm_up(call, 0.0, 0.05) == len(calls) and 5 <= len(calls) <= 6
+    assert warm_up(call, 0.05, 0.05) == 0  # the checked call took the whole warm-up time
+    assert warm_up(call, 0.0, 0.0) == 0
 
 
 def test_criteria_verdicts():
@@ -338,7 +350,7 @@ def test_failing_providers_are_reported_not_timed(tmp_path):
 
 def test_strict_does_not_time_failing_baselines():
     plan = Plan(items=[(Case(32, 3), "wrong-baseline")])
-    options = BenchOptions(strict=True, gemm_sizes=(), rep_seconds=0.01)
+    options = BenchOptions(strict=True, gemm_sizes=(), rep_seconds=0.01, warmup_seconds=0)
     rows, peaks = run_benchmark(plan, _registry(WRONG_BASELINE), options)
     assert rows[0]["status"] == "failed" and "time_median_s" not in rows[0] and peaks == {}
 

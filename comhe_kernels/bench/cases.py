@@ -112,6 +112,7 @@ class BenchOptions:
     min_reps: int = 3
     max_reps: int = 20
     rep_seconds: float = 2.0  # timed work to aim for per measurement
+    warmup_seconds: float = 1.0  # untimed full-size calls before the timed ones, the checked call included
     max_call_seconds: float = 60.0  # skip a case whose predicted call time is longer
     max_memory_bytes: float = 0.0  # skip a CPU case whose predicted extra memory is larger (0: no limit)
     max_cuda_memory_bytes: float = 0.0  # the same for CUDA cases, against the GPU's memory

@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -162,14 +163,22 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _float(text: str, ok: Callable, wanted: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not (ok(value) and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _float(text, lambda v: v > 0, "a positive number")
+
+
+def _nonnegative_float(text: str) -> float:
+    return _float(text, lambda v: v >= 0, "a number >= 0")
 
 
 def _power(text: str) -> str:
@@ -223,6 +232,12 @@ def build_parser(provider_names: tuple) -> argparse.ArgumentParser:
     p.add_argument("--min-reps", type=_positive_int, default=3, help="timed calls at least (default 3)")
     p.add_argument("--max-reps", type=_positive_int, default=20, help="timed calls at most (default 20)")
     p.add_argument("--rep-seconds", type=_positive_float, help="timed work to aim for per measurement (preset's)")
+    p.add_argument(
+        "--warmup-seconds",
+        type=_nonnegative_float,
+        default=1.0,
+        help="untimed full-size calls before the timed ones, the checked call included (default 1)",
+    )
     p.add_argument(
         "--max-call-seconds", type=_positive_float, help="skip a case predicted to take longer per call (preset's)"
     )
@@ -331,6 +346,7 @@ def main(argv: list | None = None, providers: dict | None = None) -> int:
         min_reps=args.min_reps,
         max_reps=args.max_reps,
         rep_seconds=args.rep_seconds or preset.rep_seconds,
+        warmup_seconds=args.warmup_seconds,
         max_call_seconds=args.max_call_seconds or preset.max_call_seconds,
         max_memory_bytes=args.max_memory_gib * GIB if args.max_memory_gib else 0.8 * _available_memory_bytes(),
         max_cuda_memory_bytes=args.max_memory_gib * GIB if args.max_memory_gib else 0.9 * _cuda_memory_bytes(),
