@@ -398,7 +398,7 @@ constexpr int kSmallRows = 2;
 // near_out unused): returns false, having changed nothing, if any pair is that
 // close, and the caller redoes the vector masked. The masks and their moves
 // through scalar registers had been ~20 of the loop's ~90 instructions:
-// N = 65536, k = 3 forward 0.213 -> 0.185 s, fwd+bwd 0.444 -> 0.413 s.
+// N = 65536, k = 3 forward 0.213 -> 0.195 s, fwd+bwd 0.437 -> 0.413 s.
 template <class T, class E, int K, bool Grad, bool Masked>
 __attribute__((always_inline)) inline bool small_vector(
     const T (&ui)[kSmallRows][K], const T (&ai)[kSmallRows], const typename simd::Mask<T>::M (&valid)[kSmallRows],
@@ -620,11 +620,14 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
         if (S >= nS) std::swap(S, Sb);  // the bye: S alone, nothing to compute
       }
       const int64_t s0 = b * nS + S, s1 = b * nS + Sb;
+      const bool bye = Sb >= nS;
       wait_for(s0, round);
-      if (Sb < nS) wait_for(s1, round);
-      if (Sb < nS) super_energy[s0] += super_pair<T, E>(pr, b, S, Sb, want_grad, Wb, WTb);
+      if (!bye) {
+        wait_for(s1, round);
+        super_energy[s0] += super_pair<T, E>(pr, b, S, Sb, want_grad, Wb, WTb);
+      }
       done[s0].store(round + 1, std::memory_order_release);
-      if (Sb < nS && Sb != S) done[s1].store(round + 1, std::memory_order_release);
+      if (!bye && Sb != S) done[s1].store(round + 1, std::memory_order_release);
     }
 #pragma omp barrier
     // epilogue: the half-space self pairs and the chain rule through the normalization
