@@ -11,7 +11,7 @@
 // dd2/du_i = 2(u_i - u_j), dd2p/du_i = 2(u_i + u_j), divide by kappa once per
 // row at the end and the energy by lambda once per set.
 // Why: the scales are exact and each saves a multiply per vector of pairs in
-// a loop of ~24 vector operations per vector (k = 3). For s = 1 the Newton
+// a loop of ~28 vector operations per vector (k = 3). For s = 1 the Newton
 // step of 1/sqrt gives r2 = 2/d in 3 operations, 1/d in 4, so F = r2
 // (lambda = 2), and dF/dd2 = -1/(2 d^3) = -r2^3 / 16 (kappa = 16).
 // N = 65536, k = 3: 0.49 s -> 0.47 s for kappa, ~3% more for lambda.
