@@ -473,3 +473,35 @@ def test_float32_accuracy_contract(n, k, power, half_space, eps):
     e64, g64 = energy_and_grad(x.double(), power, **kw)
     assert abs(e32.item() - e64.item()) <= 1e-6 * abs(e64.item())
     assert_grad_close(g32, g64, torch.float32)
+
+
+def _with_near_clusters(n, k, size, d2):
+    """Random unit vectors plus, at the start of every other 64-row tile, a
+    cluster of `size` points at pairwise squared distance d2 around a centre
+    (and one more n / 2 rows on): neighbouring rows with large weights to the
+    same points, what the float32 Winograd pairs of the gradient GEMMs must
+    scale for (see accumulate_gradient)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, k, dtype=torch.float64, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)
+    r = math.sqrt(d2 / 2)  # unit directions orthogonal to the centre and nearly to each other
+    for c0 in range(0, n // 2, 128):
+        p = x[c0].clone()
+        q = torch.randn(k, size + 1, dtype=torch.float64, generator=g)
+        q = q - p[:, None] * (p @ q)
+        q = q / q.norm(dim=0)
+        x[c0 : c0 + size] = p + r * q[:, :size].T
+        x[c0 + n // 2] = p + r * q[:, size]
+    return x.float()
+
+
+def test_float32_accuracy_near_clusters():
+    """The contract with clusters of 8 points just outside the refinement radius
+    (d2 = 1.05 2^-8, s = 1, eps = 0: weights ~2000). Unscaled Winograd pairs
+    were 2e-2 of max |g| off here; scaled, 5e-5, as the plain GEMM."""
+    x = _with_near_clusters(4096, 32, 8, 1.05 / 256)
+    kw = dict(half_space=False, eps=0.0, reduction="sum")
+    e32, g32 = energy_and_grad(x, 1, **kw)
+    e64, g64 = energy_and_grad(x.double(), 1, **kw)
+    assert abs(e32.item() - e64.item()) <= 1e-6 * abs(e64.item())
+    assert_grad_close(g32, g64, torch.float32)

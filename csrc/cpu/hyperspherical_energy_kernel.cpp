@@ -153,6 +153,10 @@ struct Problem {
   Buffer<T> hd, hp;
   Buffer<T> at;      // (B, Npad): a, for the difference form (k <= 8)
   Buffer<T> zt;      // (B, Npad): the column-side Aref terms of the few-coordinates path
+  // (B, nT, kp) and (B, nT), gram path with kWinograd: per tile and coordinate
+  // c the sum over m of u[c][4m] u[c][4m+1], and the tile's largest |u|
+  // (accumulate_gradient)
+  Buffer<T> xu, umax;
   Buffer<double> r, a, aref, self_energy;  // (B, N) or (B, Npad); r = sqrt(||x||^2 + eps), 0 for a zero row
   // (B, nT) tiles of (k, TS): the gradient terms of refined pairs, allocated on
   // a tile's first refined pair (few at k >= 20). Kept apart from Vt in float64:
@@ -185,7 +189,24 @@ struct Problem {
     Vt = allocate<T>(L.B * nT * kp * TS);
     aref = allocate<double>(L.B * Npad);
     Vref.resize(L.B * nT);
-    if (small_k) zt = allocate<T>(L.B * Npad);
+    if (small_k) {
+      zt = allocate<T>(L.B * Npad);
+    } else if (kWinograd) {
+      xu = allocate<T>(L.B * nT * kp);
+      umax = allocate<T>(L.B * nT);
+    }
+  }
+  // xu and umax of tile t (flat over the sets), in float64 from the packed u
+  void tile_sums(int64_t t) {
+    const T* u = Ut.get() + t * kp * TS;
+    double m = 0;
+    for (int64_t c = 0; c < kp; ++c) {
+      double x = 0;
+      for (int i = 0; i < TS; i += 4) x += double(u[c * TS + i]) * double(u[c * TS + i + 1]);
+      xu[t * kp + c] = T(x);
+      for (int i = 0; i < TS; ++i) m = std::max(m, std::fabs(double(u[c * TS + i])));
+    }
+    umax[t] = T(m);
   }
 
   // A task owns its two tiles (see solve), so the first touch needs no lock.
@@ -286,10 +307,39 @@ double refine_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, int 
 // v = V_J, u = u_I) or M = W^T (the row side, v = V_I, u = u_J). RC x NV
 // accumulators (16 with AVX-512) per block of coordinates; each step loads
 // NV vectors of M and broadcasts RC coordinates: ~90% of the FMA peak.
+//
+// In float32 the rows i = 4m, 4m + 1 go in Winograd pairs, as in gram_block:
+//   u_4m w_4m + u_4m+1 w_4m+1 = (u_4m + w_4m+1)(u_4m+1 + w_4m) - u_4m u_4m+1 - w_4m w_4m+1,
+// the last two summed over m once per tile (xu, from the prologue's u) and
+// once per call (eta). Unlike the gram's, one factor here is a weight, of
+// any size: the products round at the scale of w w', so a column with two
+// weights of ~2000 (a near triple at d2 = 2^-8, s = 1) would get ~eps w^2 =
+// 0.25 of error on forces of ~250. So M comes scaled by a power of two,
+// sigma = 2^e with max |sigma w| ~ max |u| (exact: only the exponent
+// changes), and the sums are scaled back by 1 / sigma here; the error is
+// then ~2x the plain form's bound (eps 2n max|u| max|w| against eps n
+// max|u| max|w|); unscaled, clusters of 8 points at d2 = 1.05 2^-8 gave
+// 2e-2 of max |g| (test_float32_accuracy_near_clusters), scaled 5e-5 as
+// before. N = 16384 fwd+bwd: k = 256 0.908 -> 0.844 s, k = 128 0.465 ->
+// 0.437 s, k = 32 0.133 -> 0.131 s. M's rows from n up to the next
+// multiple of 4 must be zero.
 template <class T>
-void accumulate_gradient(const Problem<T>& pr, T* v, const T* u, const T* M, int n) {
+void accumulate_gradient(const Problem<T>& pr, T* v, const T* u, const T* M, int n, const T* xu, T inv_sigma) {
   using V = typename Problem<T>::V;
   constexpr int W = Problem<T>::W, NV = Problem<T>::NV;
+  const int n4 = (n + 3) / 4 * 4;
+  V eta[NV] = {};
+  if constexpr (Problem<T>::kWinograd)
+    for (int i = 0; i < n4; i += 4)
+      for (int l = 0; l < NV; ++l) eta[l] += load<V>(M + i * TS + l * W) * load<V>(M + (i + 1) * TS + l * W);
+  auto plain = [&](int i, V (&acc)[RC][NV], int64_t c0) {
+    V m[NV];
+    for (int l = 0; l < NV; ++l) m[l] = simd::load_reg<V>(M + i * TS + l * W);
+    for (int rc = 0; rc < RC; ++rc) {
+      const T uc = u[(c0 + rc) * TS + i];
+      for (int l = 0; l < NV; ++l) acc[rc][l] += uc * m[l];
+    }
+  };
   for (int64_t c0 = 0; c0 < pr.kp; c0 += RC) {
     // The next block's accumulators, 1 KB: v (k x TS, 64 KB at k = 256) does
     // not stay in L1, and their misses stalled the block's first FMAs
@@ -298,18 +348,34 @@ void accumulate_gradient(const Problem<T>& pr, T* v, const T* u, const T* M, int
       for (int rc = 0; rc < RC; ++rc)
         for (int l = 0; l < TS; l += 64 / int(sizeof(T))) __builtin_prefetch(v + (c0 + RC + rc) * TS + l, 1);
     V acc[RC][NV];
-    for (int rc = 0; rc < RC; ++rc)
-      for (int l = 0; l < NV; ++l) acc[rc][l] = load<V>(v + (c0 + rc) * TS + l * W);
-    for (int i = 0; i < n; ++i) {
-      V m[NV];
-      for (int l = 0; l < NV; ++l) m[l] = simd::load_reg<V>(M + i * TS + l * W);
-      for (int rc = 0; rc < RC; ++rc) {
-        const T uc = u[(c0 + rc) * TS + i];
-        for (int l = 0; l < NV; ++l) acc[rc][l] += uc * m[l];
+    if constexpr (!Problem<T>::kWinograd) {
+      for (int rc = 0; rc < RC; ++rc)
+        for (int l = 0; l < NV; ++l) acc[rc][l] = load<V>(v + (c0 + rc) * TS + l * W);
+      for (int i = 0; i < n; ++i) plain(i, acc, c0);
+      for (int rc = 0; rc < RC; ++rc)
+        for (int l = 0; l < NV; ++l) store(v + (c0 + rc) * TS + l * W, acc[rc][l]);
+    } else {
+      for (int rc = 0; rc < RC; ++rc)
+        for (int l = 0; l < NV; ++l) acc[rc][l] = V{};
+      for (int i = 0; i < n4; i += 4) {
+        V m0[NV], m1[NV];
+        for (int l = 0; l < NV; ++l) {
+          m0[l] = simd::load_reg<V>(M + i * TS + l * W);
+          m1[l] = simd::load_reg<V>(M + (i + 1) * TS + l * W);
+        }
+        for (int rc = 0; rc < RC; ++rc) {
+          const T u0 = u[(c0 + rc) * TS + i], u1 = u[(c0 + rc) * TS + i + 1];
+          for (int l = 0; l < NV; ++l) acc[rc][l] += (u0 + m1[l]) * (u1 + m0[l]);
+        }
+        plain(i + 2, acc, c0);
+        plain(i + 3, acc, c0);
       }
+      for (int rc = 0; rc < RC; ++rc)
+        for (int l = 0; l < NV; ++l) {
+          T* p = v + (c0 + rc) * TS + l * W;
+          store(p, load<V>(p) + ((acc[rc][l] - xu[c0 + rc]) - eta[l]) * inv_sigma);
+        }
     }
-    for (int rc = 0; rc < RC; ++rc)
-      for (int l = 0; l < NV; ++l) store(v + (c0 + rc) * TS + l * W, acc[rc][l]);
   }
 }
 
@@ -385,6 +451,7 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
   const T s = T(pr.P.s), delta = T(pr.P.delta), tau = pr.tau;
 
   double energy = 0;
+  V wmax = {};  // of |W|, for accumulate_gradient's scaling
   for (int i0 = 0; i0 < nA; i0 += R) {
     V acc[R][NV];
     gram_block(pr, ua, ub, i0, acc);
@@ -417,8 +484,11 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
         E::eval(d2, d2p, s, delta, F, al, be);
         const auto ok = valid & ~near;
         fsum = Mk::add(fsum, ok, F);
-        if (grad)  // W serves the gradient only (forward alone 1% faster at k = 256)
-          store(wrow + v * W, Mk::keep(ok, be - al));
+        if (grad) {  // W serves the gradient only (forward alone 1% faster at k = 256)
+          const V w = Mk::keep(ok, be - al);
+          store(wrow + v * W, w);
+          wmax = simd::vmax(wmax, simd::vmax(w, -w));
+        }
         near_mask[v] = valid & near;
         near_any |= near_mask[v];
       }
@@ -432,14 +502,33 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
   if (!grad) return energy;
 
   // W is zero outside the pairs computed here (lanes masked, padding rows
-  // cleared), so both sides may run over whole rows of it.
-  accumulate_gradient(pr, pr.vt(b, tb), ua, Wb, nA);  // V_J += W^T u_I
+  // cleared up to a multiple of R = 4 rows), so both sides may run over
+  // whole rows of it.
+  const T* xua = nullptr;
+  const T* xub = nullptr;
+  T inv_sigma = 1;
+  if constexpr (Problem<T>::kWinograd) {
+    const int64_t fa = b * pr.nT + ta, fb = b * pr.nT + tb;
+    xua = pr.xu.get() + fa * pr.kp;
+    xub = pr.xu.get() + fb * pr.kp;
+    T wm = 0;
+    for (int l = 0; l < W; ++l) wm = std::max(wm, wmax[l]);
+    int ew = 0, eu = 0;
+    std::frexp(wm, &ew);
+    std::frexp(std::max(pr.umax[fa], pr.umax[fb]), &eu);
+    const int e = wm > 0 ? std::clamp(eu - ew, -100, 100) : 0;  // 2^+-100: no overflow, no subnormal sigma
+    const T sigma = std::ldexp(T(1), e);
+    inv_sigma = std::ldexp(T(1), -e);
+    for (int i = 0; i < nA; ++i)
+      for (int v = 0; v < NV; ++v) store(Wb + i * TS + v * W, load<V>(Wb + i * TS + v * W) * sigma);
+  }
+  accumulate_gradient(pr, pr.vt(b, tb), ua, Wb, nA, xua, inv_sigma);  // V_J += W^T u_I
   // V_I += W u_J in the same form, on W^T: the row-major GEMM on W itself
   // would need point-major copies of u and V (2 N k more memory) and ran at
   // 76% of the FMA peak against 94% (its u_J tile, 64 KB at k = 256, does not
   // stay in L1). The transpose costs ~1% of the two GEMMs.
   simd::transpose_tile<T, TS>(Wb, WTb);
-  accumulate_gradient(pr, pr.vt(b, ta), ub, WTb, nB);
+  accumulate_gradient(pr, pr.vt(b, ta), ub, WTb, nB, xub, inv_sigma);
   return energy;
 }
 
@@ -660,7 +749,13 @@ void solve(Problem<T>& pr, double* energy, T* grad, int nthreads) {
   const int64_t M = nS + (nS & 1);  // tournament size (one bye when nS is odd)
   const bool want_grad = grad != nullptr;
   std::vector<double> super_energy(size_t(B * nS), 0.0);
-  if (want_grad) pr.allocate_gradient();
+  if (want_grad) {
+    pr.allocate_gradient();
+    if (pr.xu) {
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+      for (int64_t t = 0; t < B * pr.nT; ++t) pr.tile_sums(t);
+    }
+  }
   if (Half) pr.self_energy = allocate<double>(B * N);
   std::vector<Buffer<T>> scratch;  // per thread: W and W^T of a tile pair
   for (int t = 0; t < nthreads; ++t) scratch.push_back(allocate<T>(2 * TS * TS));
