@@ -502,8 +502,7 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
   if (!grad) return energy;
 
   // W is zero outside the pairs computed here (lanes masked, padding rows
-  // cleared up to a multiple of R = 4 rows), so both sides may run over
-  // whole rows of it.
+  // cleared), so both sides may run over whole rows of it.
   const T* xua = nullptr;
   const T* xub = nullptr;
   T inv_sigma = 1;
@@ -521,6 +520,9 @@ double tile_pair(const Problem<T>& pr, int64_t b, int64_t ta, int64_t tb, bool d
     inv_sigma = std::ldexp(T(1), -e);
     for (int i = 0; i < nA; ++i)
       for (int v = 0; v < NV; ++v) store(Wb + i * TS + v * W, load<V>(Wb + i * TS + v * W) * sigma);
+    // the Winograd pairs read rows up to the next multiple of 4, beyond the
+    // multiple of R cleared above where R = 2 (AVX2, SSE, NEON)
+    for (int i = nA; i < (nA + 3) / 4 * 4; ++i) std::memset(Wb + i * TS, 0, sizeof(T) * TS);
   }
   accumulate_gradient(pr, pr.vt(b, tb), ua, Wb, nA, xua, inv_sigma);  // V_J += W^T u_I
   // V_I += W u_J in the same form, on W^T: the row-major GEMM on W itself
