@@ -11,8 +11,9 @@ float64: kernel and reference both compute in float64. For k > 8 the kernel
 float32 (and float16/bfloat16, which are computed in float32): the issue's
   accuracy contract against the float64 evaluation of the same input:
   energy 1e-6 relative, gradient 1e-3 of max |g|. Measured worst: 1.1e-7 and
-  4.2e-5 (clusters of near points). A 16-bit gradient is additionally rounded to its dtype on return:
-  2^-11 (float16) and 2^-8 (bfloat16) of max |g| are added for that.
+  4.2e-5 (clusters of near points). A 16-bit gradient is additionally rounded
+  to its dtype on return: 2^-11 (float16) and 2^-8 (bfloat16) of max |g| are
+  added for that.
 The gradient scale is max(max |g|, 1): with the O(1) inputs of these tests one
 pair adds O(1) terms to a row's gradient, and rounding is relative to those
 terms even where they cancel to much less (one point in half space: only
