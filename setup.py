@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "comhe_kernels"))
-from _build_flags import CSRC_SOURCES, cpu_flags  # noqa: E402
+from _build_flags import SOURCE_SUFFIXES, cpu_flags, sources  # noqa: E402
 
 sys.path.pop(0)
 
@@ -35,7 +35,7 @@ else:
     ext_modules = [
         CppExtension(
             "comhe_kernels._C",
-            sources=[f"csrc/{s}" for s in CSRC_SOURCES],
+            sources=[p.relative_to(ROOT).as_posix() for p in sources(ROOT / "csrc")],
             include_dirs=[str(ROOT / "csrc" / "include")],
             extra_compile_args=cpu_flags(),
             extra_link_args=["-fopenmp"],
@@ -46,10 +46,18 @@ else:
     cmdclass = {"build_ext": BuildWithInfo}
     options = {"bdist_wheel": {"py_limited_api": "cp39"}}
 
+# csrc/ ships inside the package for the just-in-time build: every source
+# file below it but the C++ unit tests.
+csrc_files = sorted(
+    p.relative_to(ROOT / "csrc").as_posix()
+    for p in (ROOT / "csrc").rglob("*")
+    if p.suffix in SOURCE_SUFFIXES and p.relative_to(ROOT / "csrc").parts[0] != "tests"
+)
+
 setup(
-    packages=["comhe_kernels", "comhe_kernels.ops", "comhe_kernels.bench", "comhe_kernels.csrc"],
+    packages=find_packages(include=["comhe_kernels", "comhe_kernels.*"]) + ["comhe_kernels.csrc"],
     package_dir={"comhe_kernels.csrc": "csrc"},
-    package_data={"comhe_kernels": ["data/*.tsv"], "comhe_kernels.csrc": ["*.cpp", "include/comhe/*.h", "cpu/*.cpp"]},
+    package_data={"comhe_kernels": ["data/*.tsv"], "comhe_kernels.csrc": csrc_files},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options=options,

@@ -2,14 +2,21 @@
 
 from . import projections, reference, thomson
 from ._extension import build_info
-from ._spec import num_pairs
-from .ops.hyperspherical_energy import hyperspherical_energy
+from ._spec import num_cross_pairs, num_pairs
+from .ops._registry import available as available_backends
+from .ops.cross_energy import cross_energy, cross_energy_and_grad
+from .ops.hyperspherical_energy import hyperspherical_energy, hyperspherical_energy_and_grad
 from .regularizers import MHE, CoMHE, mhe_loss
 from .uniformity import min_pairwise_distance, uniformity_loss
 
 __all__ = [
     "hyperspherical_energy",
+    "hyperspherical_energy_and_grad",
+    "cross_energy",
+    "cross_energy_and_grad",
+    "available_backends",
     "num_pairs",
+    "num_cross_pairs",
     "reference",
     "build_info",
     "CoMHE",

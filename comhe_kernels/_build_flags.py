@@ -3,8 +3,22 @@ and _extension.py (just in time). Imports nothing heavy: setup.py reads it
 before the package can be imported."""
 
 import os
+from pathlib import Path
 
-CSRC_SOURCES = ("ops.cpp", "cpu/hyperspherical_energy.cpp", "cpu/hyperspherical_energy_kernel.cpp")
+# What a backend's sources are, by folder (as pytorch/extension-cpp globs
+# them): a new file there is built without editing a list. csrc/tests/ holds
+# the C++ unit tests (CMake), not the extension.
+CPU_SOURCE_GLOBS = ("*.cpp", "cpu/*.cpp")
+CUDA_SOURCE_GLOBS = ("cuda/*.cu",)
+# Every file whose change must rebuild the extension (the JIT cache key) and
+# that a wheel ships for the just-in-time build.
+SOURCE_SUFFIXES = (".h", ".cuh", ".cpp", ".cu")
+
+
+def sources(csrc: Path, cuda: bool = False) -> list[Path]:
+    """The extension's translation units under csrc/, sorted (CUDA ones if cuda)."""
+    globs = CPU_SOURCE_GLOBS + (CUDA_SOURCE_GLOBS if cuda else ())
+    return sorted({p for g in globs for p in Path(csrc).glob(g)})
 
 
 def cpu_flags() -> list:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._build_flags import CSRC_SOURCES, cpu_flags
+from ._build_flags import SOURCE_SUFFIXES, cpu_flags, sources
 
 _PKG = Path(__file__).resolve().parent
 # csrc/ ships inside the package (installed) or sits beside it (source tree).
@@ -35,7 +35,7 @@ _info: dict = {}
 def _source_hash(flags: list[str]) -> str:
     h = hashlib.sha256()
     for path in sorted(CSRC.rglob("*")):
-        if path.suffix in (".h", ".cpp") and "tests" not in path.parts:
+        if path.suffix in SOURCE_SUFFIXES and "tests" not in path.relative_to(CSRC).parts:
             h.update(path.relative_to(CSRC).as_posix().encode())
             h.update(path.read_bytes())
     h.update(" ".join(flags).encode())
@@ -70,7 +70,7 @@ def _jit_build() -> dict:
     start = time.perf_counter()
     cpp_extension.load(
         name=f"comhe_kernels_{key}",
-        sources=[str(CSRC / s) for s in CSRC_SOURCES],
+        sources=[str(p) for p in sources(CSRC)],
         extra_include_paths=[str(CSRC / "include")],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
@@ -101,9 +101,9 @@ def load() -> str | None:
             attempts.append(f"just-in-time build: {type(e).__name__}: {e}")
             _error = "; ".join(attempts) + f" (torch {torch.__version__}, sources in {CSRC})"
             return _error
-    from .ops.hyperspherical_energy import _register_python_side
+    from .ops._autograd import register_python_side
 
-    _register_python_side()
+    register_python_side("comhe::hyperspherical_energy", "comhe::cross_energy")
     _loaded = True
     return None
 

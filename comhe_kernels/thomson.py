@@ -63,8 +63,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import _extension
-from .ops.hyperspherical_energy import BACKENDS, hyperspherical_energy
+from .ops import _registry
+from .ops.hyperspherical_energy import hyperspherical_energy, hyperspherical_energy_and_grad
 
 __all__ = ["ThomsonResult", "best_known_energy", "fibonacci_sphere", "main", "riesz_energy", "solve"]
 
@@ -170,25 +170,15 @@ class _EnergyGrad:
     """
 
     def __init__(self, power: float, device: torch.device, backend: str):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        _registry.check_name(backend)
         self.power = power
-        self.backend = backend
+        self.backend = _registry.resolve(backend, "hyperspherical_energy", device.type)
+        self.fused = self.backend != "reference"  # float64 sums of float32 points
         self.evaluations = 0
-        self.fused = device.type == "cpu" and backend in ("auto", "cpu") and _extension.load() is None
-        if backend == "cpu" and not self.fused:
-            raise RuntimeError(f"backend 'cpu' is unavailable: {_extension.load()}")
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.evaluations += 1
-        if self.fused:
-            energy, grad = torch.ops.comhe.hyperspherical_energy(x, "chordal", self.power, False, 0.0, 1e-4, True)
-        else:
-            xg = x.detach().requires_grad_()
-            with torch.enable_grad():
-                energy = hyperspherical_energy(xg, self.power, eps=0.0, reduction="none", backend=self.backend)
-                (grad,) = torch.autograd.grad(energy.sum(), xg)
-            energy = energy.detach().double()
+        energy, grad = hyperspherical_energy_and_grad(x, self.power, eps=0.0, reduction="none", backend=self.backend)
         # The op's gradient is tangent up to rounding; removing the radial rest keeps
         # L-BFGS's curvature pairs on the tangent spaces.
         return energy, grad - _rowdot(grad, x) * x

@@ -12,10 +12,20 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(comhe, m) {
-  // Energy sums of B point sets x (B, N, k) and, if compute_grad, their
-  // gradient d energy[b] / d x[b] (else an empty tensor). kind is "chordal"
-  // or "angular", s >= 0 the exponent (0: log). energy is float64.
+  // Energy sums of B point sets x (B, N, k) over their pairs i < j and, if
+  // compute_grad, their gradient d energy[b] / d x[b] (else an empty tensor).
+  // kind is "chordal", "angular" or "gaussian"; s the kind's parameter (the
+  // exponent, 0: log; the Gaussian's t > 0). energy is float64.
   m.def(
       "hyperspherical_energy(Tensor x, str kind, float s, bool half_space, float eps, float delta, "
       "bool compute_grad) -> (Tensor energy, Tensor grad)");
+  // Cross sums of B set pairs x (B, N, k), y (B, M, k) over all (i, j) (with
+  // half_space also (x_i, -y_j)) and, if compute_grad, d energy[b] / d x[b]
+  // and / d y[b] (else empty tensors). A schema of its own, not an optional
+  // second set of the op above: the two differ in which pairs they sum
+  // (i < j and the self pairs of half-space, against all of N x M) and in
+  // their outputs, and each backend may have one without the other.
+  m.def(
+      "cross_energy(Tensor x, Tensor y, str kind, float s, bool half_space, float eps, float delta, "
+      "bool compute_grad) -> (Tensor energy, Tensor grad_x, Tensor grad_y)");
 }

@@ -95,7 +95,7 @@ def _registry(*extra):
         (["--n", "many"], "argument --n: expected a positive integer"),
         (["--k", "-3"], "argument --k: expected a positive integer"),
         (["--power", "-1"], "argument --power: power must be finite and >= 0"),
-        (["--power", "b2"], "argument --power: power must be a real number >= 0 or 'a<s>'"),
+        (["--power", "b2"], "argument --power: power must be a real number >= 0, 'a<s>'"),
         (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
         (["--mode", "bwd"], "argument --mode: invalid choice: 'bwd'"),
         (["--half-space", "maybe"], "argument --half-space: expected yes or no, got 'maybe'"),

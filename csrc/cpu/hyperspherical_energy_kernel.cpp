@@ -121,9 +121,10 @@ Buffer<U> allocate(int64_t n) {
 // dimensions random points essentially never come that close, so this costs
 // the CoMHE defaults nothing; at k = 3 and s = 2 it refines ~3% of pairs.
 // Float64 rounds 2e-9 times less and keeps 2^-8.
+// The Gaussian kind has no singularity (|df/dd2| <= t): 2^-8 throughout.
 template <class T>
 double refine_threshold(const EnergyParams& P) {
-  if (sizeof(T) == 8 || P.s <= 1) return kTau;
+  if (sizeof(T) == 8 || P.kind == Kind::Gaussian || P.s <= 1) return kTau;
   return std::min(4.0, kTau * std::pow(32.0, P.s - 1));
 }
 
@@ -901,8 +902,10 @@ KernelStatus hyperspherical_energy_cpu(const T* x, const PointsLayout& layout, c
   }
   if (params.kind == Kind::Chordal)
     solve_power<T, Kind::Chordal>(pr, energy, grad, nt);
-  else
+  else if (params.kind == Kind::Angular)
     solve_power<T, Kind::Angular>(pr, energy, grad, nt);
+  else  // the exponent cases mean nothing to the Gaussian: one instantiation
+    solve_half<T, Kind::Gaussian, Power::General>(pr, energy, grad, nt);
   return status;
 }
 

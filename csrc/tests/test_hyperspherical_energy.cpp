@@ -92,6 +92,7 @@ LD pair_f(const LD* p, const LD* q, LD ap, LD aq, int k, const EnergyParams& P) 
     d2p += (p[c] + q[c]) * (p[c] + q[c]);
   }
   if (P.kind == Kind::Chordal) return P.s == 0 ? -0.5L * std::log(d2) : std::pow(d2, -LD(P.s) / 2);
+  if (P.kind == Kind::Gaussian) return std::exp(-LD(P.s) * d2);
   LD theta = 2 / M_PIl * std::atan2(std::sqrt(d2), std::sqrt(d2p)) + LD(P.delta);
   return P.s == 0 ? -std::log(theta) : std::pow(theta, -LD(P.s));
 }
@@ -173,8 +174,9 @@ void test_kernel_against_definition(int n, int k, EnergyParams P, double tol_e, 
 
 void test_definitions() {
   const double sv[] = {0, 1, 2, 0.5, 3};
-  for (Kind kind : {Kind::Chordal, Kind::Angular})
+  for (Kind kind : {Kind::Chordal, Kind::Angular, Kind::Gaussian})
     for (double s : sv)
+      if (kind != Kind::Gaussian || s > 0)  // the Gaussian's t
       for (bool half : {false, true})
         for (int n : {1, 2, 7, 45})
           for (int k : {3, 20}) {

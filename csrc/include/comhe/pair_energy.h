@@ -35,7 +35,9 @@
 
 namespace comhe {
 
-enum class Kind : int { Chordal = 0, Angular = 1 };
+// Chordal: f of d = sqrt(d2) (Riesz d^-s, -log d); Angular: f of the angle;
+// Gaussian: f = exp(-t d2), t > 0 carried in the exponent's place (s).
+enum class Kind : int { Chordal = 0, Angular = 1, Gaussian = 2 };
 // Exponents with their own code path; everything else goes through exp/log.
 enum class Power : int { Log = 0, One = 1, Two = 2, General = 3 };
 
@@ -93,6 +95,14 @@ COMHE_HD void chordal_profile(V d2, S s, V& f, V& kdf) {
   }
 }
 
+// The Gaussian kernel in d2, f = exp(-t d2), df/dd2 = -t f (lambda = kappa =
+// 1). No singularity, so nothing is gained by special exponents: one code path.
+template <class V, class S>
+COMHE_HD void gaussian_profile(V d2, S t, V& f, V& df) {
+  f = exp(d2 * (S(0) - t));
+  df = (S(0) - t) * f;
+}
+
 // Angular profile in t = theta + delta: g = t^-s, or -log t for s = 0; dg = dg/dt.
 template <Power P, class V, class S>
 COMHE_HD void angular_profile(V t, S s, V& g, V& dg) {
@@ -117,20 +127,29 @@ struct PairEnergy {
   // Whether F depends on d2p, so that near-antipodal pairs need care too.
   static constexpr bool uses_d2p = Half || K == Kind::Angular;
   // The scales of the energy and the derivatives eval() returns (see the top of this file).
-  static constexpr double lambda = K == Kind::Angular ? 1.0 : chordal_lambda<P>;
-  static constexpr double kappa = K == Kind::Angular ? 1.0 : Half ? chordal_kappa<P> / 2 : chordal_kappa<P>;
+  static constexpr double radial_kappa = K == Kind::Chordal ? chordal_kappa<P> : 1.0;
+  static constexpr double lambda = K == Kind::Chordal ? chordal_lambda<P> : 1.0;
+  static constexpr double kappa = K == Kind::Angular ? 1.0 : Half ? radial_kappa / 2 : radial_kappa;
 
   // One unordered pair i < j of the N points. Half-space counts the four
   // pairs (i, j), (-i, -j), (i, -j), (-i, j) of the 2N-point set:
   // F = 2 f(d2) + 2 f(d2p) (so alpha = 2 df, which kappa absorbs); the N
   // pairs (i, -i) are added separately.
   template <class V, class S>
+  static COMHE_HD void radial(V d2, S s, V& f, V& kdf) {
+    if constexpr (K == Kind::Gaussian)
+      gaussian_profile(d2, s, f, kdf);
+    else
+      chordal_profile<P>(d2, s, f, kdf);
+  }
+
+  template <class V, class S>
   static COMHE_HD void eval(V d2, V d2p, S s, S delta, V& F, V& alpha, V& beta) {
-    if constexpr (K == Kind::Chordal) {
-      chordal_profile<P>(d2, s, F, alpha);
+    if constexpr (K != Kind::Angular) {
+      radial(d2, s, F, alpha);
       if constexpr (Half) {
         V fp, dfp;
-        chordal_profile<P>(d2p, s, fp, dfp);
+        radial(d2p, s, fp, dfp);
         F = S(2) * (F + fp);
         beta = dfp;
       } else {

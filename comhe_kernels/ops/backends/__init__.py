@@ -1,0 +1,1 @@
+"""One module per backend; each registers itself with ops/_registry.py when imported."""
