@@ -20,6 +20,8 @@ terms even where they cancel to much less (one point in half space: only
 eps / (|x|^2 + eps) ~ 1e-4 of them survives).
 """
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -50,12 +52,92 @@ def assert_grad_close(g, g_ref, dtype):
     )
 
 
+@dataclass(frozen=True)
+class BackendCase:
+    """A registered backend and the device of the tensors it is tested on."""
+
+    name: str
+    device: str
+
+    def on(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device)
+
+
+def fused_contract_only(backend, dtype):
+    """The float32 accuracy contract on close pairs is the fused kernels': the
+    reference computes in the input's dtype, and in float32 its differences
+    of near-duplicate rows keep few bits (4e-2 of max |g| off at 1e-7)."""
+    if backend.name == "reference" and dtype != torch.float64:
+        pytest.skip("the reference computes in the input's dtype: the float32 contract is the fused kernels'")
+
+
+def backend_cases(op: str, reference: bool = True) -> list:
+    """Every backend that runs ``op`` here: on CPU tensors (cpu, reference, triton
+    under TRITON_INTERPRET=1) and, where a GPU is present, on CUDA tensors."""
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    cases = []
+    for device in devices:
+        for name in comhe_kernels.available_backends(op, device):
+            if name == "reference" and not reference:
+                continue
+            marks = (pytest.mark.cuda,) if device == "cuda" else ()
+            cases.append(pytest.param(BackendCase(name, device), id=f"{name}-{device}", marks=marks))
+    return cases
+
+
+# fixture -> (op, whether the reference backend is among its cases)
+_BACKEND_FIXTURES = {
+    "backend": ("hyperspherical_energy", True),
+    "fused_backend": ("hyperspherical_energy", False),
+    "cross_backend": ("cross_energy", True),
+    "fused_cross_backend": ("cross_energy", False),
+}
+
+
+def pytest_generate_tests(metafunc):
+    """The op tests run once per registered backend available here (a BackendCase)."""
+    for fixture, (op, reference) in _BACKEND_FIXTURES.items():
+        if fixture in metafunc.fixturenames:
+            cases = backend_cases(op, reference)
+            if not cases:
+                cases = [pytest.param(None, marks=pytest.mark.skip(reason=f"no fused backend runs {op} here"))]
+            metafunc.parametrize(fixture, cases)
+
+
+def _backend_kwargs(x, kwargs):
+    b = kwargs.get("backend")
+    if isinstance(b, BackendCase):
+        return b.on(x), dict(kwargs, backend=b.name)
+    return x, kwargs
+
+
 def energy_and_grad(x, *args, **kwargs):
-    """The energy and its gradient w.r.t. x through the public API."""
-    x = x.detach().clone().requires_grad_()
+    """The energy and its gradient w.r.t. x through the public API, on the
+    device of ``backend`` (a BackendCase or a name); results on the CPU."""
+    x, kwargs = _backend_kwargs(x.detach().clone(), kwargs)
+    x.requires_grad_()
     e = comhe_kernels.hyperspherical_energy(x, *args, **kwargs)
     (g,) = torch.autograd.grad(e.sum(), x)
-    return e.detach(), g
+    return e.detach().cpu(), g.cpu()
+
+
+def cross_energy_and_grad(x, y, *args, **kwargs):
+    """The cross-set energy and its gradients w.r.t. x and y, as energy_and_grad."""
+    b = kwargs.get("backend")
+    if isinstance(b, BackendCase):
+        x, y, kwargs = b.on(x), b.on(y), dict(kwargs, backend=b.name)
+    x, y = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    e = comhe_kernels.cross_energy(x, y, *args, **kwargs)
+    gx, gy = torch.autograd.grad(e.sum(), (x, y))
+    return e.detach().cpu(), gx.cpu(), gy.cpu()
+
+
+def reference_cross_energy_and_grad(x, y, *args, **kwargs):
+    """The same through the float64 reference."""
+    x, y = x.detach().double().clone().requires_grad_(), y.detach().double().clone().requires_grad_()
+    e = comhe_kernels.reference.cross_energy(x, y, *args, **kwargs)
+    gx, gy = torch.autograd.grad(e.sum(), (x, y))
+    return e.detach(), gx, gy
 
 
 def reference_energy_and_grad(x, *args, **kwargs):
