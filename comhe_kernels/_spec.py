@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import torch
 
 REDUCTIONS = ("mean", "sum", "none")
+# How float32 products are formed (csrc/ops.cpp): "auto" is each backend's
+# default, which meets the float32 accuracy contract; the tensor-core modes
+# exist on the GPU backends only.
+PRECISIONS = ("auto", "ieee", "tf32x3", "tf32", "bf16")
 KINDS = ("chordal", "angular", "gaussian")
 # A decimal number as the original code writes powers ("0", "1", "2", "1.5",
 # "2e-1"); stricter than float(), which also takes "1_0" (= 10), "inf", "nan".
@@ -35,6 +39,7 @@ class EnergySpec:
     eps: the normalization x / sqrt(||x||^2 + eps).
     delta: the angular offset, f = (theta + delta)^-s or -log(theta + delta).
     scale: a constant factor on the energy (2 for ``squared_log``).
+    precision: how float32 products are formed (PRECISIONS).
     """
 
     kind: str
@@ -43,6 +48,7 @@ class EnergySpec:
     eps: float
     delta: float
     scale: float = 1.0
+    precision: str = "auto"
 
 
 def _finite(value) -> bool:
@@ -80,8 +86,10 @@ def parse_power(power) -> tuple[str, float]:
     return kind, s
 
 
-def make_spec(power, half_space, eps, delta, squared_log) -> EnergySpec:
+def make_spec(power, half_space, eps, delta, squared_log, precision="auto") -> EnergySpec:
     kind, s = parse_power(power)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not isinstance(half_space, bool):
         raise TypeError(f"half_space must be a bool, got {type(half_space).__name__}")
     if not isinstance(squared_log, bool):
@@ -95,7 +103,16 @@ def make_spec(power, half_space, eps, delta, squared_log) -> EnergySpec:
         raise ValueError("delta must be > 0 for the angular Riesz energies: theta = 0 would give 1/0")
     # squared_log reproduces the original MHE code's power 0, -log(d^2) = -2 log d.
     scale = 2.0 if (squared_log and kind == "chordal" and s == 0) else 1.0
-    return EnergySpec(kind, s, half_space, float(eps), float(delta), scale)
+    return EnergySpec(kind, s, half_space, float(eps), float(delta), scale, precision)
+
+
+def check_precision(precision: str, dtype: torch.dtype) -> None:
+    """The tensor-core modes round float32 products; float64 input is always computed in float64."""
+    if dtype == torch.float64 and precision not in ("auto", "ieee"):
+        raise ValueError(
+            f"precision={precision!r} is for float32 and 16-bit inputs; float64 input is computed in float64 "
+            "(precision 'auto' or 'ieee')"
+        )
 
 
 def check_points(x) -> None:

@@ -15,10 +15,13 @@ TORCH_LIBRARY(comhe, m) {
   // Energy sums of B point sets x (B, N, k) over their pairs i < j and, if
   // compute_grad, their gradient d energy[b] / d x[b] (else an empty tensor).
   // kind is "chordal", "angular" or "gaussian"; s the kind's parameter (the
-  // exponent, 0: log; the Gaussian's t > 0). energy is float64.
+  // exponent, 0: log; the Gaussian's t > 0). energy is float64. precision:
+  // how float32 products are formed, "auto" (the backend's default, which
+  // meets the float32 accuracy contract), "ieee" (float32 FMAs), and the GPU
+  // tensor-core modes "tf32x3", "tf32", "bf16"; float64 is always float64.
   m.def(
       "hyperspherical_energy(Tensor x, str kind, float s, bool half_space, float eps, float delta, "
-      "bool compute_grad) -> (Tensor energy, Tensor grad)");
+      "bool compute_grad, str precision=\"auto\") -> (Tensor energy, Tensor grad)");
   // Cross sums of B set pairs x (B, N, k), y (B, M, k) over all (i, j) (with
   // half_space also (x_i, -y_j)) and, if compute_grad, d energy[b] / d x[b]
   // and / d y[b] (else empty tensors). A schema of its own, not an optional
@@ -27,5 +30,5 @@ TORCH_LIBRARY(comhe, m) {
   // their outputs, and each backend may have one without the other.
   m.def(
       "cross_energy(Tensor x, Tensor y, str kind, float s, bool half_space, float eps, float delta, "
-      "bool compute_grad) -> (Tensor energy, Tensor grad_x, Tensor grad_y)");
+      "bool compute_grad, str precision=\"auto\") -> (Tensor energy, Tensor grad_x, Tensor grad_y)");
 }

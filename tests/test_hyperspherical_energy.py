@@ -12,6 +12,7 @@ from conftest import (
     assert_energy_close,
     assert_grad_close,
     energy_and_grad,
+    fused_contract_only,
     reference_energy_and_grad,
 )
 
@@ -20,6 +21,11 @@ from comhe_kernels import hyperspherical_energy, num_pairs
 
 POWERS = [0, 1, 2, 0.5, 3.5, "a0", "a1", "a2", "a1.5"]
 RAGGED_N = [1, 2, 3, 19, 97, 1025]
+
+
+def run(backend, x, *args, **kwargs):
+    """The public op on the backend's device (kwargs "backend" is the case's name); the result on the CPU."""
+    return hyperspherical_energy(backend.on(x), *args, backend=backend.name, **kwargs).cpu()
 
 
 def op(x, kind="chordal", s=1.0, half=False, eps=1e-4, delta=1e-4, grad=True):
@@ -34,11 +40,11 @@ def op(x, kind="chordal", s=1.0, half=False, eps=1e-4, delta=1e-4, grad=True):
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("n", RAGGED_N)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_reference(power, half_space, n, dtype):
+def test_matches_reference(power, half_space, n, dtype, backend):
     k = 3 if n > 100 else 5
     x = torch.randn(2, n, k, dtype=dtype)
     kw = dict(half_space=half_space, reduction="none")
-    e, g = energy_and_grad(x, power, backend="cpu", **kw)
+    e, g = energy_and_grad(x, power, backend=backend, **kw)
     e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
     assert e.dtype == dtype and g.dtype == dtype
     assert_energy_close(e, e_ref, dtype, num_pairs(n, half_space))
@@ -47,12 +53,12 @@ def test_matches_reference(power, half_space, n, dtype):
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7, 8, 9, 16, 33, 70])
 @pytest.mark.parametrize("power", [1, "a2"])
-def test_every_coordinate_path(k, power):
+def test_every_coordinate_path(k, power, backend):
     """k <= 8 takes the fused one-pass path (3, 4 and 8 wide), larger k the tile
     GEMMs (the row side on the transposed weight tile)."""
     x = torch.randn(3, 150, k, dtype=torch.float64)
     for half_space in (False, True):
-        e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend="cpu")
+        e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend=backend)
         e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="none")
         assert_energy_close(e, e_ref, torch.float64, num_pairs(150, half_space))
         assert_grad_close(g, g_ref, torch.float64)
@@ -60,10 +66,10 @@ def test_every_coordinate_path(k, power):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("batched", [False, True])
-def test_reductions(reduction, batched):
+def test_reductions(reduction, batched, backend):
     x = torch.randn(3, 40, 6, dtype=torch.float64) if batched else torch.randn(40, 6, dtype=torch.float64)
     for half_space in (False, True):
-        e = hyperspherical_energy(x, 2, half_space=half_space, reduction=reduction, backend="cpu")
+        e = run(backend, x, 2, half_space=half_space, reduction=reduction)
         e_ref = comhe_kernels.reference.hyperspherical_energy(x, 2, half_space=half_space, reduction=reduction)
         assert e.shape == e_ref.shape == ((3,) if batched and reduction == "none" else ())
         assert_energy_close(e, e_ref, torch.float64, num_pairs(40, half_space))
@@ -84,26 +90,41 @@ def test_reductions_relate():
 # ---- layouts ------------------------------------------------------------------
 
 
-def test_strided_inputs():
-    base = torch.randn(3, 90, 14, dtype=torch.float64)
+def test_strided_inputs(backend):
+    """The op reads any strides. The views are taken of a leaf on the
+    backend's device, so that they reach the op as they are (a clone of a
+    non-dense view would be contiguous); the gradient is checked through
+    the view, and the no-graph path on the view itself."""
+    base0 = torch.randn(3, 90, 14, dtype=torch.float64)
     views = {
-        "every other row and column": base[:, ::2, ::3],
-        "transposed storage": base.transpose(1, 2).contiguous().transpose(1, 2),
-        "batch stride 0": base[:1].expand(3, 90, 14),
-        "sliced set": base[1:, 5:77, 2:9],
+        "every other row and column": lambda b: b[:, ::2, ::3],
+        "transposed storage": lambda b: b.transpose(1, 2).contiguous().transpose(1, 2),
+        "batch stride 0": lambda b: b[:1].expand(3, 90, 14),
+        "sliced set": lambda b: b[1:, 5:77, 2:9],
     }
-    for name, x in views.items():
-        e, g = energy_and_grad(x, "a1", half_space=True, reduction="none", backend="cpu")
-        e_ref, g_ref = reference_energy_and_grad(x.contiguous(), "a1", half_space=True, reduction="none")
-        assert_energy_close(e, e_ref, torch.float64, num_pairs(x.shape[1], True)), name
-        assert_grad_close(g, g_ref, torch.float64)
+    kw = dict(half_space=True, reduction="none")
+    for name, view in views.items():
+        base = backend.on(base0).requires_grad_()
+        x = view(base)
+        assert name == "transposed storage" or not x.is_contiguous()
+        e = hyperspherical_energy(x, "a1", backend=backend.name, **kw)
+        (g,) = torch.autograd.grad(e.sum(), base)
+        e_direct, g_direct = comhe_kernels.hyperspherical_energy_and_grad(x.detach(), "a1", backend=backend.name, **kw)
+        base_ref = base0.clone().requires_grad_()
+        e_ref = comhe_kernels.reference.hyperspherical_energy(view(base_ref).contiguous(), "a1", **kw)
+        (g_ref,) = torch.autograd.grad(e_ref.sum(), base_ref)
+        assert_energy_close(e.cpu(), e_ref, torch.float64, num_pairs(x.shape[1], True)), name
+        assert_energy_close(e_direct.cpu(), e_ref, torch.float64, num_pairs(x.shape[1], True)), name
+        assert_grad_close(g.cpu(), g_ref, torch.float64)
+        _, g_view_ref = reference_energy_and_grad(view(base0).contiguous(), "a1", **kw)
+        assert_grad_close(g_direct.cpu(), g_view_ref, torch.float64)
 
 
-def test_batched_equals_separate_calls():
+def test_batched_equals_separate_calls(fused_backend):
     x = torch.randn(5, 70, 3)
-    together = hyperspherical_energy(x, 1, reduction="none")
+    together = run(fused_backend, x, 1, reduction="none")
     for b in range(5):
-        assert hyperspherical_energy(x[b], 1, reduction="sum") == together[b]
+        assert run(fused_backend, x[b], 1, reduction="sum") == together[b]
 
 
 @pytest.mark.parametrize("k", [3, 20])
@@ -149,78 +170,79 @@ def _adversarial(dtype):
 @pytest.mark.parametrize("power", POWERS)
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_close_antipodal_and_zero_rows(power, half_space, dtype):
+def test_close_antipodal_and_zero_rows(power, half_space, dtype, backend):
+    fused_contract_only(backend, dtype)
     x = _adversarial(dtype)
-    e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend="cpu")
+    e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend=backend)
     e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="sum")
     assert torch.isfinite(e) and torch.isfinite(g).all()
     assert_energy_close(e, e_ref, dtype, num_pairs(60, half_space))
     assert_grad_close(g, g_ref, dtype)
 
 
-def test_eps_zero_conventions():
+def test_eps_zero_conventions(backend):
     """eps = 0: a zero row has cosine 0 with everything and gradient 0; exact
     duplicates make the chordal energy infinite (gradient undefined, NaN) and
     the angular one finite (its subgradient at theta = 0 is 0)."""
     x = torch.randn(10, 3, dtype=torch.float64)
     x[0] = 0
-    e, g = energy_and_grad(x, 1, eps=0.0, reduction="sum")
+    e, g = energy_and_grad(x, 1, eps=0.0, reduction="sum", backend=backend)
     e_ref, g_ref = reference_energy_and_grad(x, 1, eps=0.0, reduction="sum")
     assert_energy_close(e, e_ref, torch.float64, 45)
     assert_grad_close(g, g_ref, torch.float64)
     assert torch.equal(g[0], torch.zeros(3, dtype=torch.float64))
     x[1] = x[2]
-    e, g = energy_and_grad(x, 1, eps=0.0, reduction="sum")
+    e, g = energy_and_grad(x, 1, eps=0.0, reduction="sum", backend=backend)
     assert e == math.inf and torch.isnan(g[1]).all() and torch.isfinite(g[3:]).all()
-    e, g = energy_and_grad(x, "a1", eps=0.0, reduction="sum")
+    e, g = energy_and_grad(x, "a1", eps=0.0, reduction="sum", backend=backend)
     e_ref, g_ref = reference_energy_and_grad(x, "a1", eps=0.0, reduction="sum")
     assert torch.isfinite(e) and torch.isfinite(g).all()
     assert_energy_close(e, e_ref, torch.float64, 45)
     assert_grad_close(g, g_ref, torch.float64)
 
 
-def test_one_coordinate():
+def test_one_coordinate(backend):
     """k = 1: every pair coincident or antipodal; the angle is 0 or pi exactly."""
     x = torch.randn(2, 41, 1, dtype=torch.float64)
     for power in (1, "a1", "a0"):
         for eps in (1e-4, 0.0):
-            e, g = energy_and_grad(x, power, half_space=True, eps=eps, reduction="none")
+            e, g = energy_and_grad(x, power, half_space=True, eps=eps, reduction="none", backend=backend)
             e_ref, g_ref = reference_energy_and_grad(x, power, half_space=True, eps=eps, reduction="none")
             assert_energy_close(e, e_ref, torch.float64, num_pairs(41, True))
             if torch.isfinite(e).all():
                 assert_grad_close(g, g_ref, torch.float64)
 
 
-def test_scale_invariance_with_huge_rows():
+def test_scale_invariance_with_huge_rows(backend):
     """With eps = 0 the energy depends on directions only, even for rows whose
     squared norm overflows float64."""
     x = torch.randn(30, 5, dtype=torch.float64)
     scaled = x * torch.logspace(-150, 200, 30, dtype=torch.float64)[:, None]
-    e = hyperspherical_energy(x, 1, eps=0.0, reduction="sum")
-    e_scaled = hyperspherical_energy(scaled, 1, eps=0.0, reduction="sum")
+    e = run(backend, x, 1, eps=0.0, reduction="sum")
+    e_scaled = run(backend, scaled, 1, eps=0.0, reduction="sum")
     torch.testing.assert_close(e_scaled, e, rtol=1e-13, atol=0)
 
 
-def test_empty_and_single_point_sets():
+def test_empty_and_single_point_sets(backend):
     for n in (0, 1):
         x = torch.randn(2, n, 3, requires_grad=True)
-        e = hyperspherical_energy(x, 1, reduction="none")
+        e = run(backend, x, 1, reduction="none")
         assert e.tolist() == [0.0, 0.0]
-        assert hyperspherical_energy(x, 1, reduction="mean").item() == 0.0
+        assert run(backend, x, 1, reduction="mean").item() == 0.0
         e.sum().backward()
         assert x.grad.shape == x.shape and not x.grad.any()
     # half-space with one point: the single pair (u, -u), d^2 = 4 - 2a
     x = torch.randn(1, 3, dtype=torch.float64)
     a = 1e-4 / (x.square().sum() + 1e-4)
-    e = hyperspherical_energy(x, 1, half_space=True, reduction="sum")
+    e = run(backend, x, 1, half_space=True, reduction="sum")
     torch.testing.assert_close(e, (4 - 2 * a) ** -0.5, rtol=1e-15, atol=0)
     assert num_pairs(1, True) == 1 and num_pairs(0, True) == 0 and num_pairs(1) == 0
 
 
-def test_empty_batch():
+def test_empty_batch(backend):
     x = torch.randn(0, 5, 3)
-    assert hyperspherical_energy(x, 1, reduction="none").shape == (0,)
-    assert hyperspherical_energy(x, 1, reduction="sum").item() == 0.0
+    assert run(backend, x, 1, reduction="none").shape == (0,)
+    assert run(backend, x, 1, reduction="sum").item() == 0.0
 
 
 # ---- known configurations -----------------------------------------------------
@@ -235,10 +257,9 @@ def _icosahedron():
     return torch.tensor(v, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_known_configurations(backend):
     def energy(x, power=1):
-        return hyperspherical_energy(x, power, eps=0.0, reduction="sum", backend=backend).item()
+        return run(backend, x, power, eps=0.0, reduction="sum").item()
 
     assert energy(_icosahedron()) == pytest.approx(49.165253058, rel=1e-10)
     assert energy(torch.tensor([[0.0, 0, 1], [0, 0, -3]])) == pytest.approx(0.5, rel=1e-15)
@@ -257,16 +278,16 @@ def test_known_configurations(backend):
         assert energy(cross, 2) == pytest.approx(k / 4 + orth / 2, rel=1e-13)
 
 
-def test_half_space_is_the_doubled_set():
+def test_half_space_is_the_doubled_set(backend):
     """half_space=True equals the full-space energy of the 2N rows [x; -x]."""
     x = torch.randn(2, 57, 6, dtype=torch.float64)
     for power in (1, 0, "a1"):
-        half = hyperspherical_energy(x, power, half_space=True, reduction="none")
-        doubled = hyperspherical_energy(torch.cat([x, -x], dim=1), power, reduction="none")
+        half = run(backend, x, power, half_space=True, reduction="none")
+        doubled = run(backend, torch.cat([x, -x], dim=1), power, reduction="none")
         torch.testing.assert_close(half, doubled, rtol=1e-12, atol=0)
 
 
-def test_original_code_conventions():
+def test_original_code_conventions(backend):
     """The original MHE formulas, transcribed: power 0 is -log(d^2) there
     (squared_log=True), powers 1 and 2 are (d^2)^(-1/2) and (d^2)^-1, the
     angular ones use arccos(c)/pi + 1e-4; energies are means over pairs."""
@@ -286,10 +307,10 @@ def test_original_code_conventions():
         "a2": (theta + 1e-4).pow(-2).mean(),
     }
     for power, value in expected.items():
-        got = hyperspherical_energy(w, power, squared_log=True)
+        got = run(backend, w, power, squared_log=True)
         torch.testing.assert_close(got, value, rtol=1e-12, atol=0)
     torch.testing.assert_close(
-        hyperspherical_energy(w, 0, squared_log=True), 2 * hyperspherical_energy(w, 0), rtol=1e-15, atol=0
+        run(backend, w, 0, squared_log=True), 2 * run(backend, w, 0), rtol=1e-15, atol=0
     )
 
 
@@ -297,10 +318,10 @@ def test_original_code_conventions():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_16_bit_inputs(dtype):
+def test_16_bit_inputs(dtype, backend):
     """Computed in float32 from the exact 16-bit values; the gradient comes back in x's dtype."""
     x = torch.randn(2, 300, 8).to(dtype)
-    e, g = energy_and_grad(x, 1, half_space=True, reduction="none")
+    e, g = energy_and_grad(x, 1, half_space=True, reduction="none", backend=backend)
     assert e.dtype == torch.float32 and g.dtype == dtype
     e_ref, g_ref = reference_energy_and_grad(x, 1, half_space=True, reduction="none")
     assert_energy_close(e, e_ref, dtype, num_pairs(300, True))
@@ -313,24 +334,24 @@ def test_16_bit_inputs(dtype):
 @pytest.mark.parametrize("power", POWERS)
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("eps", [1e-4, 0.0])
-def test_gradcheck(power, half_space, eps):
+def test_gradcheck(power, half_space, eps, backend):
     x = torch.randn(2, 11, 3, dtype=torch.float64, requires_grad=True)
-    fn = lambda t: hyperspherical_energy(t, power, half_space=half_space, eps=eps, reduction="none", backend="cpu")
+    fn = lambda t: run(backend, t, power, half_space=half_space, eps=eps, reduction="none")
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-def test_gradcheck_through_the_wide_path():
+def test_gradcheck_through_the_wide_path(fused_backend):
     x = torch.randn(1, 70, 20, dtype=torch.float64, requires_grad=True)
-    fn = lambda t: hyperspherical_energy(t, "a2", half_space=True, backend="cpu")  # mean: O(1) values for finite differences
+    fn = lambda t: run(fused_backend, t, "a2", half_space=True)  # mean: O(1) values for finite differences
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-def test_no_silent_second_derivative():
+def test_no_silent_second_derivative(fused_backend):
     """The gradient is a saved constant: differentiating it again raises,
     also beside other terms that do have second derivatives (a
     Hessian-vector product), instead of adding a silent zero."""
     x = torch.randn(20, 3, requires_grad=True)
-    (g,) = torch.autograd.grad(hyperspherical_energy(x, 1), x, create_graph=True)
+    (g,) = torch.autograd.grad(run(fused_backend, x, 1), x, create_graph=True)
     with pytest.raises(RuntimeError, match="no second derivative"):
         torch.autograd.grad((g * x).sum() + x.pow(3).sum(), x)
 
@@ -412,12 +433,11 @@ def test_bad_arguments(call, error, match):
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_non_finite_input_is_an_error(bad, backend):
     x = torch.randn(2, 30, 3)
     x[1, 17, 2] = bad
     with pytest.raises(ValueError, match="NaN or Inf"):
-        hyperspherical_energy(x, 1, backend=backend)
+        run(backend, x, 1)
 
 
 def test_op_level_checks_name_the_argument():

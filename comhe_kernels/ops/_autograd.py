@@ -3,8 +3,8 @@
 A leaf module (it imports only torch), shared by every backend whose kernels
 are torch ops with the schemas of csrc/ops.cpp:
 
-    hyperspherical_energy(x, kind, s, half_space, eps, delta, compute_grad) -> (energy, grad)
-    cross_energy(x, y, kind, s, half_space, eps, delta, compute_grad) -> (energy, grad_x, grad_y)
+    hyperspherical_energy(x, kind, s, half_space, eps, delta, compute_grad, precision) -> (energy, grad)
+    cross_energy(x, y, kind, s, half_space, eps, delta, compute_grad, precision) -> (energy, grad_x, grad_y)
 
 energy is the (B,) float64 per-set sums; the gradients are computed in the
 same pass (the kernels have them for the price of the energy), so backward
@@ -76,19 +76,23 @@ class OpFunctions:
         # Dynamo cannot trace a custom jvp (it graph-breaks), so compiled code
         # gets the same Function without it; forward AD is an eager feature.
         fn = self._energy_fn if torch.compiler.is_compiling() else self._energy_fn_jvp
-        energy, _ = fn.apply(x, spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, _needs_grad(x))
+        args = (spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, _needs_grad(x), spec.precision)
+        energy, _ = fn.apply(x, *args)
         return energy
 
     def energy_and_grad(self, x, spec):
-        return self.energy_op(x.detach(), spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, True)
+        args = (spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, True, spec.precision)
+        return self.energy_op(x.detach(), *args)
 
     def cross(self, x, y, spec):
         fn = self._cross_fn if torch.compiler.is_compiling() else self._cross_fn_jvp
-        energy, _, _ = fn.apply(x, y, spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, _needs_grad(x, y))
+        args = (spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, _needs_grad(x, y), spec.precision)
+        energy, _, _ = fn.apply(x, y, *args)
         return energy
 
     def cross_and_grad(self, x, y, spec):
-        return self.cross_op(x.detach(), y.detach(), spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, True)
+        args = (spec.kind, spec.s, spec.half_space, spec.eps, spec.delta, True, spec.precision)
+        return self.cross_op(x.detach(), y.detach(), *args)
 
 
 def _energy_function(op):
@@ -96,13 +100,14 @@ def _energy_function(op):
         generate_vmap_rule = True  # through the op's vmap rule (register_python_side)
 
         @staticmethod
-        def forward(x, kind, s, half_space, eps, delta, compute_grad):
-            return op(x, kind, s, half_space, eps, delta, compute_grad)
+        def forward(x, kind, s, half_space, eps, delta, compute_grad, precision):
+            return op(x, kind, s, half_space, eps, delta, compute_grad, precision)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
             x = inputs[0]
             ctx.args = inputs[1:6]
+            ctx.precision = inputs[7]
             ctx.mark_non_differentiable(output[1])
             ctx.save_for_backward(x, output[1])
             ctx.save_for_forward(x, output[1])
@@ -111,13 +116,13 @@ def _energy_function(op):
         def _grad(ctx):
             x, grad = ctx.saved_tensors
             if grad.shape != x.shape:  # the forward skipped it (not expected to be needed)
-                grad = op(x, *ctx.args, True)[1]
+                grad = op(x, *ctx.args, True, ctx.precision)[1]
             return x, grad
 
         @staticmethod
         def backward(ctx, grad_energy, _):
             x, grad = _Energy._grad(ctx)
-            return _first_order(grad_energy, grad, x), None, None, None, None, None, None
+            return _first_order(grad_energy, grad, x), None, None, None, None, None, None, None
 
     class _EnergyJvp(_Energy):
         @staticmethod
@@ -133,13 +138,14 @@ def _cross_function(op):
         generate_vmap_rule = True
 
         @staticmethod
-        def forward(x, y, kind, s, half_space, eps, delta, compute_grad):
-            return op(x, y, kind, s, half_space, eps, delta, compute_grad)
+        def forward(x, y, kind, s, half_space, eps, delta, compute_grad, precision):
+            return op(x, y, kind, s, half_space, eps, delta, compute_grad, precision)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
             x, y = inputs[:2]
             ctx.args = inputs[2:7]
+            ctx.precision = inputs[8]
             ctx.mark_non_differentiable(output[1], output[2])
             ctx.save_for_backward(x, y, output[1], output[2])
             ctx.save_for_forward(x, y, output[1], output[2])
@@ -148,13 +154,14 @@ def _cross_function(op):
         def _grads(ctx):
             x, y, gx, gy = ctx.saved_tensors
             if gx.shape != x.shape or gy.shape != y.shape:
-                _, gx, gy = op(x, y, *ctx.args, True)
+                _, gx, gy = op(x, y, *ctx.args, True, ctx.precision)
             return x, y, gx, gy
 
         @staticmethod
         def backward(ctx, grad_energy, _gx, _gy):
             x, y, gx, gy = _Cross._grads(ctx)
-            return _first_order(grad_energy, gx, x), _first_order(grad_energy, gy, y), None, None, None, None, None, None
+            grads = _first_order(grad_energy, gx, x), _first_order(grad_energy, gy, y)
+            return *grads, None, None, None, None, None, None, None
 
     class _CrossJvp(_Cross):
         @staticmethod
@@ -174,27 +181,28 @@ def register_python_side(energy_op: str, cross_op: str | None = None) -> None:
     """Fake kernels, autograd formulas and vmap rules of the two ops, by qualified name."""
 
     @torch.library.register_fake(energy_op)
-    def _fake_energy(x, kind, s, half_space, eps, delta, compute_grad):
+    def _fake_energy(x, kind, s, half_space, eps, delta, compute_grad, precision="auto"):
         energy = x.new_empty((x.shape[0],), dtype=torch.float64)
         return energy, x.new_empty(x.shape if compute_grad else (0,))
 
     def _setup_energy(ctx, inputs, output):
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(inputs[0], output[1])
-        ctx.compute_grad = inputs[-1]
+        ctx.compute_grad = inputs[6]
 
     def _backward_energy(ctx, grad_energy, _):
         if not ctx.compute_grad:
             raise RuntimeError(f"{energy_op} was called with compute_grad=False; call it with True to differentiate it")
         x, grad = ctx.saved_tensors
-        return _first_order(grad_energy, grad, x), None, None, None, None, None, None
+        return _first_order(grad_energy, grad, x), None, None, None, None, None, None, None
 
     torch.library.register_autograd(energy_op, _backward_energy, setup_context=_setup_energy)
 
     @torch.library.register_vmap(energy_op)
-    def _vmap_energy(info, in_dims, x, kind, s, half_space, eps, delta, compute_grad):
+    def _vmap_energy(info, in_dims, x, kind, s, half_space, eps, delta, compute_grad, precision="auto"):
         v = info.batch_size
-        energy, grad = _call(energy_op, _fold(x, in_dims[0], v), kind, s, half_space, eps, delta, compute_grad)
+        args = (kind, s, half_space, eps, delta, compute_grad, precision)
+        energy, grad = _call(energy_op, _fold(x, in_dims[0], v), *args)
         grad = grad.unflatten(0, (v, -1)) if compute_grad else grad
         return (energy.unflatten(0, (v, -1)), grad), (0, 0 if compute_grad else None)
 
@@ -202,7 +210,7 @@ def register_python_side(energy_op: str, cross_op: str | None = None) -> None:
         return
 
     @torch.library.register_fake(cross_op)
-    def _fake_cross(x, y, kind, s, half_space, eps, delta, compute_grad):
+    def _fake_cross(x, y, kind, s, half_space, eps, delta, compute_grad, precision="auto"):
         energy = x.new_empty((x.shape[0],), dtype=torch.float64)
         if not compute_grad:
             return energy, x.new_empty((0,)), y.new_empty((0,))
@@ -211,21 +219,22 @@ def register_python_side(energy_op: str, cross_op: str | None = None) -> None:
     def _setup_cross(ctx, inputs, output):
         ctx.mark_non_differentiable(output[1], output[2])
         ctx.save_for_backward(inputs[0], inputs[1], output[1], output[2])
-        ctx.compute_grad = inputs[-1]
+        ctx.compute_grad = inputs[7]
 
     def _backward_cross(ctx, grad_energy, _gx, _gy):
         if not ctx.compute_grad:
             raise RuntimeError(f"{cross_op} was called with compute_grad=False; call it with True to differentiate it")
         x, y, gx, gy = ctx.saved_tensors
-        return _first_order(grad_energy, gx, x), _first_order(grad_energy, gy, y), None, None, None, None, None, None
+        grads = _first_order(grad_energy, gx, x), _first_order(grad_energy, gy, y)
+        return *grads, None, None, None, None, None, None, None
 
     torch.library.register_autograd(cross_op, _backward_cross, setup_context=_setup_cross)
 
     @torch.library.register_vmap(cross_op)
-    def _vmap_cross(info, in_dims, x, y, kind, s, half_space, eps, delta, compute_grad):
+    def _vmap_cross(info, in_dims, x, y, kind, s, half_space, eps, delta, compute_grad, precision="auto"):
         v = info.batch_size
         xs, ys = _fold(x, in_dims[0], v), _fold(y, in_dims[1], v)
-        energy, gx, gy = _call(cross_op, xs, ys, kind, s, half_space, eps, delta, compute_grad)
+        energy, gx, gy = _call(cross_op, xs, ys, kind, s, half_space, eps, delta, compute_grad, precision)
         if compute_grad:
             return (energy.unflatten(0, (v, -1)), gx.unflatten(0, (v, -1)), gy.unflatten(0, (v, -1))), (0, 0, 0)
         return (energy.unflatten(0, (v, -1)), gx, gy), (0, None, None)

@@ -39,7 +39,8 @@ class Backend:
     accepts (None: any). unavailable(op, device_type): None where it can run
     the op on such tensors now, else the reason. load(): its functions
     (imported on first use). auto_rank: its place in "auto" for each of its
-    devices (lower first; None: only when asked for by name)."""
+    devices (lower first; None: only when asked for by name). precisions:
+    the ``precision`` values it implements (_spec.PRECISIONS)."""
 
     name: str
     devices: tuple[str, ...] | None
@@ -47,6 +48,7 @@ class Backend:
     load: Callable[[], object]
     auto_rank: int | None = None
     summary: str = ""
+    precisions: tuple[str, ...] = ("auto", "ieee")
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -143,6 +145,15 @@ def _resolve(backend: str, op: str, device_type: str) -> str:
         )
         _warned.add((op, device_type))
     return "reference"
+
+
+def check_precision(name: str, precision: str) -> None:
+    supported = backends()[name].precisions
+    if precision not in supported:
+        raise ValueError(
+            f"precision={precision!r} is not implemented by backend {name!r} (it has {supported}); "
+            "the tensor-core modes are the GPU backends'"
+        )
 
 
 def functions(name: str):

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from .._spec import check_points, check_reduction, make_spec, num_pairs, reduce_sets, upcast
+from .._spec import check_points, check_precision, check_reduction, make_spec, num_pairs, reduce_sets, upcast
 from . import _registry
 
 
-def _prepare(x, power, half_space, reduction, eps, delta, squared_log, backend):
+def _prepare(x, power, half_space, reduction, eps, delta, squared_log, backend, precision):
     check_points(x)
     check_reduction(reduction)
-    spec = make_spec(power, half_space, eps, delta, squared_log)
+    spec = make_spec(power, half_space, eps, delta, squared_log, precision)
+    check_precision(precision, x.dtype)
     _registry.check_name(backend)
     name = _registry.resolve(backend, "hyperspherical_energy", x.device.type)
+    _registry.check_precision(name, precision)
     batched = x.dim() == 3
     x3 = upcast(x if batched else x.unsqueeze(0))
     return spec, _registry.functions(name), batched, x3
@@ -36,6 +38,7 @@ def hyperspherical_energy(
     delta: float = 1e-4,
     squared_log: bool = False,
     backend: str = "auto",
+    precision: str = "auto",
 ) -> torch.Tensor:
     r"""Hyperspherical energy of the rows of ``x``, differentiable in ``x``.
 
@@ -62,7 +65,13 @@ def hyperspherical_energy(
             and coincident rows give an infinite chordal energy (NaN gradient).
         delta: the angular offset of the original code.
         squared_log: power 0 only: -log(d^2) as the original code (twice -log d).
-        backend: "auto" or a registered backend (comhe_kernels.backends()).
+        backend: "auto" or a registered backend (comhe_kernels.available_backends()).
+        precision: how float32 products are formed: "auto" (the backend's
+            default, which meets the float32 accuracy contract: energy within
+            1e-6 relative, gradient within 1e-3 of max |g| of the float64
+            evaluation), "ieee" (float32 FMAs), or the GPU backends'
+            tensor-core modes "tf32x3", "tf32", "bf16" (documented error
+            bounds). float64 input is always computed in float64.
 
     NaN or Inf in ``x`` raise ValueError. N = 0 or 1 gives a zero sum
     (half-space N = 1 has the single pair (u, -u)). First derivatives in
@@ -74,7 +83,7 @@ def hyperspherical_energy(
         comhe_kernels.reference.hyperspherical_energy(x, power, half_space=...,
             reduction=..., eps=..., delta=..., squared_log=...)
     """
-    spec, fns, batched, x3 = _prepare(x, power, half_space, reduction, eps, delta, squared_log, backend)
+    spec, fns, batched, x3 = _prepare(x, power, half_space, reduction, eps, delta, squared_log, backend, precision)
     per_set = fns.energy(x3, spec).to(x3.dtype)
     return reduce_sets(per_set, x3.shape[1], spec, reduction, batched)
 
@@ -89,6 +98,7 @@ def hyperspherical_energy_and_grad(
     delta: float = 1e-4,
     squared_log: bool = False,
     backend: str = "auto",
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The energy of :func:`hyperspherical_energy` and its gradient
     ``d energy.sum() / d x`` from one kernel call, without an autograd graph:
@@ -98,7 +108,7 @@ def hyperspherical_energy_and_grad(
     gradient has x's shape and dtype (with reduction "none", row block b of
     it is d energy[b] / d x[b]).
     """
-    spec, fns, batched, x3 = _prepare(x, power, half_space, reduction, eps, delta, squared_log, backend)
+    spec, fns, batched, x3 = _prepare(x, power, half_space, reduction, eps, delta, squared_log, backend, precision)
     per_set, grad = fns.energy_and_grad(x3, spec)
     energy = reduce_sets(per_set.double(), x3.shape[1], spec, reduction, batched)
     factor = spec.scale

@@ -45,8 +45,11 @@ comhe::EnergyParams check_params(const at::Tensor& x, c10::string_view kind, dou
 
 std::tuple<at::Tensor, at::Tensor> hyperspherical_energy_cpu(const at::Tensor& x, c10::string_view kind, double s,
                                                              bool half_space, double eps, double delta,
-                                                             bool compute_grad) {
+                                                             bool compute_grad, c10::string_view precision) {
   const comhe::EnergyParams params = check_params(x, kind, s, half_space, eps, delta);
+  TORCH_CHECK_VALUE(precision == "auto" || precision == "ieee",
+                    "comhe::hyperspherical_energy (CPU): precision must be 'auto' or 'ieee' (IEEE float32/float64 "
+                    "arithmetic); '", std::string(precision), "' is a GPU tensor-core mode");
   TORCH_CHECK_VALUE(x.device().is_cpu(), "comhe::hyperspherical_energy (CPU): x must be on the CPU, got ",
                     x.device());
   // The float32 Gaussian with t > 4 is computed from x in float64: each pair's
@@ -55,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor> hyperspherical_energy_cpu(const at::Tensor& x
   // so the errors do not average out (N = 2000, k = 40: 2.7e-8 relative at
   // t = 8, 1.1e-5 at t = 50, against the contract's 1e-6).
   if (x.scalar_type() == at::kFloat && params.kind == comhe::Kind::Gaussian && s > 4) {
-    auto [energy, grad] = hyperspherical_energy_cpu(x.to(at::kDouble), kind, s, half_space, eps, delta, compute_grad);
+    auto [energy, grad] = hyperspherical_energy_cpu(x.to(at::kDouble), kind, s, half_space, eps, delta, compute_grad,
+                                                    precision);
     return {energy, grad.to(at::kFloat)};
   }
   const int64_t B = x.size(0), N = x.size(1), k = x.size(2);
