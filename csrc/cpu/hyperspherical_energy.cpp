@@ -1,5 +1,5 @@
-// CPU implementation of comhe::hyperspherical_energy: argument checks, then
-// the torch-free kernel in hyperspherical_energy_kernel.cpp.
+// The CPU kernel of the op comhe::hyperspherical_energy (ATen glue): argument
+// checks, then the torch-free kernel comhe::cpu::hyperspherical_energy (core/).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> hyperspherical_energy_cpu(const at::Tensor& x
   at::Tensor grad = compute_grad ? at::zeros({B, N, k}, x.options()) : at::empty({0}, x.options());
   const comhe::PointsLayout layout{B, N, k, x.stride(0), x.stride(1), x.stride(2)};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hyperspherical_energy_cpu", [&] {
-    const comhe::KernelStatus status = comhe::hyperspherical_energy_cpu<scalar_t>(
+    const comhe::KernelStatus status = comhe::cpu::hyperspherical_energy<scalar_t>(
         x.const_data_ptr<scalar_t>(), layout, params, energy.data_ptr<double>(),
         compute_grad ? grad.data_ptr<scalar_t>() : nullptr, at::get_num_threads());
     // the message of every backend (_spec.non_finite_message)

@@ -142,7 +142,7 @@ void test_kernel_against_definition(int n, int k, EnergyParams P, double tol_e, 
   for (bool planted : {true, false}) {
     std::vector<T> x = random_points<T>(B, n, k, planted);
     std::vector<T> grad(x.size());
-    auto st = comhe::hyperspherical_energy_cpu<T>(x.data(), L, P, energy.data(), grad.data(), 2);
+    auto st = comhe::cpu::hyperspherical_energy<T>(x.data(), L, P, energy.data(), grad.data(), 2);
     CHECK(st.ok, "status");
     for (int b = 0; b < B; ++b) {
       std::vector<LD> xs(x.begin() + b * n * k, x.begin() + (b + 1) * n * k);
@@ -198,7 +198,7 @@ void test_non_finite_rows_are_reported() {
   x[(2 * 20 + 15) * 4 + 0] = INFINITY;
   std::vector<double> e(3);
   comhe::PointsLayout L{3, 20, 4, 80, 4, 1};
-  auto st = comhe::hyperspherical_energy_cpu<float>(x.data(), L, EnergyParams{}, e.data(), nullptr, 2);
+  auto st = comhe::cpu::hyperspherical_energy<float>(x.data(), L, EnergyParams{}, e.data(), nullptr, 2);
   CHECK(!st.ok && st.bad_set == 2 && st.bad_row == 13, "status %d set %lld row %lld", int(st.ok),
         (long long)st.bad_set, (long long)st.bad_row);
 }
@@ -212,8 +212,8 @@ void test_thread_count_independence() {
   comhe::PointsLayout L{1, n, k, n * k, k, 1};
   double e1, e4;
   std::vector<float> g1(x.size()), g4(x.size());
-  comhe::hyperspherical_energy_cpu<float>(x.data(), L, EnergyParams{}, &e1, g1.data(), 1);
-  comhe::hyperspherical_energy_cpu<float>(x.data(), L, EnergyParams{}, &e4, g4.data(), 4);
+  comhe::cpu::hyperspherical_energy<float>(x.data(), L, EnergyParams{}, &e1, g1.data(), 1);
+  comhe::cpu::hyperspherical_energy<float>(x.data(), L, EnergyParams{}, &e4, g4.data(), 4);
   CHECK(e1 == e4 && g1 == g4, "1 thread %.17g vs 4 threads %.17g", e1, e4);
 }
 

@@ -1,0 +1,7 @@
+// The chordal energies of the CPU kernel, float32 and float64 (see solve.h).
+#include "schedule.h"
+
+using comhe::Kind;
+using comhe::cpu::detail::Points;
+template void comhe::cpu::detail::solve<float, Kind::Chordal>(Points<float>&, double*, float*, int);
+template void comhe::cpu::detail::solve<double, Kind::Chordal>(Points<double>&, double*, double*, int);

@@ -1,0 +1,7 @@
+// The Gaussian energies of the CPU kernel, float32 and float64 (see solve.h).
+#include "schedule.h"
+
+using comhe::Kind;
+using comhe::cpu::detail::Points;
+template void comhe::cpu::detail::solve<float, Kind::Gaussian>(Points<float>&, double*, float*, int);
+template void comhe::cpu::detail::solve<double, Kind::Gaussian>(Points<double>&, double*, double*, int);
