@@ -165,6 +165,7 @@ def test_forward_mode_and_function_transforms(fused_cross_backend):
 def test_torch_compile_fullgraph(cross_backend):
     if cross_backend.device == "cpu" and cross_backend.name == "triton":
         pytest.skip("torch.compile over a Triton op on CPU tensors fails in fake-tensor tracing: a GPU test")
+    torch._dynamo.reset()  # the code object below is compiled anew for each case, within the recompile limit
     x = cross_backend.on(torch.randn(30, 5)).requires_grad_()
     y = cross_backend.on(torch.randn(20, 5)).requires_grad_()
 
