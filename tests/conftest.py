@@ -77,14 +77,6 @@ class BackendCase:
         return x.to(self.device)
 
 
-def fused_contract_only(backend, dtype):
-    """The float32 accuracy contract on close pairs is the fused kernels': the
-    reference computes in the input's dtype, and in float32 its differences
-    of near-duplicate rows keep few bits (4e-2 of max |g| off at 1e-7)."""
-    if backend.name == "reference" and dtype != torch.float64:
-        pytest.skip("the reference computes in the input's dtype: the float32 contract is the fused kernels'")
-
-
 def backend_cases(op: str, reference: bool = True) -> list:
     """Every backend that runs ``op`` here: on CPU tensors (cpu, reference, triton
     under TRITON_INTERPRET=1) and, where a GPU is present, on CUDA tensors."""

@@ -14,7 +14,6 @@ from conftest import (
     assert_grad_close,
     cross_energy_and_grad,
     energy_and_grad,
-    fused_contract_only,
     ill_conditioned,
     reference_cross_energy_and_grad,
     reference_energy_and_grad,
@@ -44,11 +43,11 @@ def op(x, kind="chordal", s=1.0, half=False, eps=1e-4, delta=1e-4, grad=True):
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("n", RAGGED_N)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_reference(power, half_space, n, dtype, backend):
+def test_matches_reference(power, half_space, n, dtype, fused_backend):
     k = 3 if n > 100 else 5
     x = torch.randn(2, n, k, dtype=dtype)
     kw = dict(half_space=half_space, reduction="none")
-    e, g = energy_and_grad(x, power, backend=backend, **kw)
+    e, g = energy_and_grad(x, power, backend=fused_backend, **kw)
     e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
     assert e.dtype == dtype and g.dtype == dtype
     assert_energy_close(e, e_ref, dtype, num_pairs(n, half_space))
@@ -57,12 +56,12 @@ def test_matches_reference(power, half_space, n, dtype, backend):
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7, 8, 9, 16, 33, 70])
 @pytest.mark.parametrize("power", [1, "a2"])
-def test_every_coordinate_path(k, power, backend):
+def test_every_coordinate_path(k, power, fused_backend):
     """k <= 8 takes the fused one-pass path (3, 4 and 8 wide), larger k the tile
     GEMMs (the row side on the transposed weight tile)."""
     x = torch.randn(3, 150, k, dtype=torch.float64)
     for half_space in (False, True):
-        e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend=backend)
+        e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend=fused_backend)
         e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="none")
         assert_energy_close(e, e_ref, torch.float64, num_pairs(150, half_space))
         assert_grad_close(g, g_ref, torch.float64)
@@ -70,10 +69,10 @@ def test_every_coordinate_path(k, power, backend):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("batched", [False, True])
-def test_reductions(reduction, batched, backend):
+def test_reductions(reduction, batched, fused_backend):
     x = torch.randn(3, 40, 6, dtype=torch.float64) if batched else torch.randn(40, 6, dtype=torch.float64)
     for half_space in (False, True):
-        e = run(backend, x, 2, half_space=half_space, reduction=reduction)
+        e = run(fused_backend, x, 2, half_space=half_space, reduction=reduction)
         e_ref = comhe_kernels.reference.hyperspherical_energy(x, 2, half_space=half_space, reduction=reduction)
         assert e.shape == e_ref.shape == ((3,) if batched and reduction == "none" else ())
         assert_energy_close(e, e_ref, torch.float64, num_pairs(40, half_space))
@@ -94,7 +93,7 @@ def test_reductions_relate():
 # ---- layouts ------------------------------------------------------------------
 
 
-def test_strided_inputs(backend):
+def test_strided_inputs(fused_backend):
     """The op reads any strides. The views are taken of a leaf on the
     backend's device, so that they reach the op as they are (a clone of a
     non-dense view would be contiguous); the gradient is checked through
@@ -108,12 +107,12 @@ def test_strided_inputs(backend):
     }
     kw = dict(half_space=True, reduction="none")
     for name, view in views.items():
-        base = backend.on(base0).requires_grad_()
+        base = fused_backend.on(base0).requires_grad_()
         x = view(base)
         assert name == "transposed storage" or not x.is_contiguous()
-        e = hyperspherical_energy(x, "a1", backend=backend.name, **kw)
+        e = hyperspherical_energy(x, "a1", backend=fused_backend.name, **kw)
         (g,) = torch.autograd.grad(e.sum(), base)
-        e_direct, g_direct = comhe_kernels.hyperspherical_energy_and_grad(x.detach(), "a1", backend=backend.name, **kw)
+        e_direct, g_direct = comhe_kernels.hyperspherical_energy_and_grad(x.detach(), "a1", backend=fused_backend.name, **kw)
         base_ref = base0.clone().requires_grad_()
         e_ref = comhe_kernels.reference.hyperspherical_energy(view(base_ref).contiguous(), "a1", **kw)
         (g_ref,) = torch.autograd.grad(e_ref.sum(), base_ref)
@@ -174,10 +173,9 @@ def _adversarial(dtype):
 @pytest.mark.parametrize("power", POWERS)
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_close_antipodal_and_zero_rows(power, half_space, dtype, backend):
-    fused_contract_only(backend, dtype)
+def test_close_antipodal_and_zero_rows(power, half_space, dtype, fused_backend):
     x = _adversarial(dtype)
-    e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend=backend)
+    e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend=fused_backend)
     e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="sum")
     assert torch.isfinite(e) and torch.isfinite(g).all()
     assert_energy_close(e, e_ref, dtype, num_pairs(60, half_space))
@@ -205,12 +203,12 @@ def test_eps_zero_conventions(backend):
     assert_grad_close(g, g_ref, torch.float64)
 
 
-def test_one_coordinate(backend):
+def test_one_coordinate(fused_backend):
     """k = 1: every pair coincident or antipodal; the angle is 0 or pi exactly."""
     x = torch.randn(2, 41, 1, dtype=torch.float64)
     for power in (1, "a1", "a0"):
         for eps in (1e-4, 0.0):
-            e, g = energy_and_grad(x, power, half_space=True, eps=eps, reduction="none", backend=backend)
+            e, g = energy_and_grad(x, power, half_space=True, eps=eps, reduction="none", backend=fused_backend)
             e_ref, g_ref = reference_energy_and_grad(x, power, half_space=True, eps=eps, reduction="none")
             assert_energy_close(e, e_ref, torch.float64, num_pairs(41, True))
             if torch.isfinite(e).all():
@@ -670,12 +668,10 @@ def _contract_tol(d, power, half_space, dtype):
 
 @pytest.mark.parametrize("k", [3, 12])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_pair_math_contract(k, dtype, backend):
-    """Every backend's F, dF/dd2, dF/dd2p of every kind agree with the reference
+def test_pair_math_contract(k, dtype, fused_backend):
+    """Every fused backend's F, dF/dd2, dF/dd2p of every kind agree with the reference
     on a set of two points at chosen distances (each backend writes the pair
     math itself: pair_energy.h for C++ and CUDA, a copy in Triton)."""
-    if dtype != torch.float64 and backend.name == "reference":
-        pytest.skip("the reference is the definition in float64")
     for d in CONTRACT_CHORDS:
         x = _two_points(d, k).to(dtype)
         for power in CONTRACT_POWERS:
@@ -683,7 +679,7 @@ def test_pair_math_contract(k, dtype, backend):
                 for eps in (0.0, 1e-4):
                     kw = dict(half_space=half_space, eps=eps, reduction="sum")
                     e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
-                    e, g = energy_and_grad(x, power, backend=backend, **kw)
+                    e, g = energy_and_grad(x, power, backend=fused_backend, **kw)
                     where = f"d={d} power={power} half_space={half_space} eps={eps}"
                     if not torch.isfinite(e_ref):  # coincident with eps = 0: the chordal energies are infinite
                         assert e == e_ref, where
@@ -694,17 +690,15 @@ def test_pair_math_contract(k, dtype, backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_pair_math_contract_across_sets(dtype, cross_backend):
+def test_pair_math_contract_across_sets(dtype, fused_cross_backend):
     """The same for the cross-set op: one point against one point."""
-    if dtype != torch.float64 and cross_backend.name == "reference":
-        pytest.skip("the reference is the definition in float64")
     for d in CONTRACT_CHORDS:
         x = _two_points(d, 5).to(dtype)
         for power in CONTRACT_POWERS:
             for half_space in (False, True):
                 kw = dict(half_space=half_space, eps=1e-4, reduction="sum")
                 e_ref, gx_ref, gy_ref = reference_cross_energy_and_grad(x[:1], x[1:], power, **kw)
-                e, gx, gy = cross_energy_and_grad(x[:1], x[1:], power, backend=cross_backend, **kw)
+                e, gx, gy = cross_energy_and_grad(x[:1], x[1:], power, backend=fused_cross_backend, **kw)
                 tol = _contract_tol(d, power, half_space, dtype)
                 assert_energy_close(e, e_ref, dtype, 2, tol), f"d={d} power={power} half_space={half_space}"
                 assert_grad_close(gx, gx_ref, dtype, tol)
