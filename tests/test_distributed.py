@@ -163,18 +163,50 @@ def _disagreement_checks(rank: int, device: str) -> dict:
     return {name: _expect_error(call) for name, call in calls.items()}
 
 
+def _ddp_model() -> torch.nn.Module:
+    """Fan-ins 12, 23, 17: with proj_dim 4 the middle layer is projected (the first is the input layer)."""
+    torch.manual_seed(0)  # the same weights on every rank and in the parent
+    return torch.nn.Sequential(torch.nn.Linear(12, 23), torch.nn.Tanh(), torch.nn.Linear(23, 17), torch.nn.Tanh(),
+                               torch.nn.Linear(17, 5)).double()
+
+
+# CoMHE's variants with settings that give every layer a term; seeded draws, the same on every rank.
+DDP_VARIANTS = {
+    "mhe": dict(power=1),
+    "rp": dict(proj_dim=4, num_proj=3, generator=5),
+    "ap": dict(proj_dim=4, lr=0.1, generator=5),
+    "adv": dict(proj_dim=4, lr=0.1, proj_steps=2, generator=5, power="a1"),
+    "group": dict(num_groups=2, power=0),
+}
+
+
+def _ddp_data():
+    return torch.randn(8, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
 def _ddp_check(rank: int) -> dict:
-    """A DDP model whose loss adds each layer's replicated energy: the averaged
-    gradient must be the one-process gradient of data loss + full energies."""
-    torch.manual_seed(0)  # the same weights and data on every rank (the data loss is then rank-independent)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 23), torch.nn.Tanh(), torch.nn.Linear(23, 11)).double()
+    """DDP models whose loss adds the regularizer with distributed=True: the
+    averaged gradients must be one process's gradients of data loss + regularizer.
+    The data are the same on every rank, so the data term's average is one process's."""
+    out, keep = {}, []
+    for variant, kwargs in DDP_VARIANTS.items():
+        model = _ddp_model()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        reg = comhe_kernels.CoMHE(ddp, variant, distributed=True, **kwargs)
+        loss = ddp(_ddp_data()).square().mean() + reg()
+        loss.backward()
+        out[variant] = {"grads": [p.grad.clone() for p in model.parameters()], "buffers": list(reg.buffers())}
+        keep.append(ddp)  # freeing a Reducer can deadlock in torch 2.13 (tests/test_regularizers.py)
+    # replicated_energy itself, on weights of a DDP model.
+    model = _ddp_model()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    data = torch.randn(8, 6, dtype=torch.float64)
-    loss = ddp(data).square().mean()
-    for layer, power, half_space in ((model[0], 2, True), (model[2], "a1", False)):
+    loss = ddp(_ddp_data()).square().mean()
+    for layer, power, half_space in ((model[0], 2, True), (model[4], "a1", False)):
         loss = loss + distributed.replicated_energy(layer.weight, power, half_space=half_space)
     loss.backward()
-    return {"grads": [p.grad.clone() for p in model.parameters()], "state": model.state_dict()}
+    out["replicated_energy"] = {"grads": [p.grad.clone() for p in model.parameters()]}
+    keep.append(ddp)
+    return out
 
 
 def _stalled_rank_check(rank: int, world: int) -> dict:
@@ -241,7 +273,13 @@ def world(request, tmp_path_factory):
     """(world size, per-rank results) of one spawn running every check."""
     backend, size = request.param
     out_dir = str(tmp_path_factory.mktemp(f"{backend}{size}"))
-    mp.spawn(_worker, args=(size, backend, _free_port(), out_dir), nprocs=size)
+    ctx = mp.spawn(_worker, args=(size, backend, _free_port(), out_dir), nprocs=size, join=False)
+    deadline = time.monotonic() + 300  # a hang fails the tests instead of stalling CI
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the {size} {backend} workers did not finish in 300 s")
     results = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(size)]
     for r, res in enumerate(results):
         assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
@@ -337,21 +375,36 @@ def test_a_stalled_or_failing_rank_makes_the_others_raise_in_bounded_time(world)
         assert results[size - 1][key]["message"] == "this rank's kernel failed"
 
 
-def test_ddp_replicated_energy_gives_the_one_process_gradient(world):
+@pytest.mark.parametrize("variant", [*DDP_VARIANTS, "replicated_energy"])
+def test_ddp_with_the_replicated_split_gives_the_one_process_gradient(world, variant):
     size, results = world
     if "ddp" not in results[0]:
-        pytest.skip("the DDP check runs in the 2-rank gloo world")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 23), torch.nn.Tanh(), torch.nn.Linear(23, 11)).double()
-    model.load_state_dict(results[0]["ddp"]["state"])
-    data = torch.randn(8, 6, dtype=torch.float64)
-    loss = model(data).square().mean()
-    loss = loss + comhe_kernels.hyperspherical_energy(model[0].weight, 2, half_space=True)
-    loss = loss + comhe_kernels.hyperspherical_energy(model[2].weight, "a1")
+        pytest.skip("the DDP checks run in the 2-rank gloo world")
+    model = _ddp_model()
+    loss = model(_ddp_data()).square().mean()
+    if variant == "replicated_energy":
+        loss = loss + comhe_kernels.hyperspherical_energy(model[0].weight, 2, half_space=True)
+        loss = loss + comhe_kernels.hyperspherical_energy(model[4].weight, "a1")
+    else:
+        reg = comhe_kernels.CoMHE(model, variant, **DDP_VARIANTS[variant])
+        assert any(p.mode != "plain" for p in reg.layers) or variant == "mhe"
+        loss = loss + reg()
     loss.backward()
     for rank in range(size):
-        for g, p in zip(results[rank]["ddp"]["grads"], model.parameters()):
+        res = results[rank]["ddp"][variant]
+        for g, p in zip(res["grads"], model.parameters()):
             assert_grad_close(g, p.grad, torch.float64)
+        if variant != "replicated_energy":  # the learned projections moved the same way
+            for b, b_ref in zip(res["buffers"], reg.buffers()):
+                torch.testing.assert_close(b, b_ref, rtol=0, atol=0)
+
+
+def test_the_regularizer_checks_its_distributed_setting():
+    model = _ddp_model()
+    with pytest.raises(TypeError, match="distributed must be a bool or a torch.distributed.ProcessGroup"):
+        comhe_kernels.CoMHE(model, "mhe", distributed="yes")
+    with pytest.raises(RuntimeError, match="distributed=True needs an initialized"):
+        comhe_kernels.CoMHE(model, "mhe", distributed=True)
 
 
 # ---------------------------------------------------------------- in this process

@@ -14,7 +14,7 @@ written the same way (its transfers run on NCCL's own streams, overlapping
 the energy kernels on the current one) but no GPU has run it yet.
 """
 
-from .replicated import replicated_energy
+from .replicated import ReplicatedPairEnergy, replicated_energy
 from .sharded import hyperspherical_energy, hyperspherical_energy_and_grad
 
-__all__ = ["hyperspherical_energy", "hyperspherical_energy_and_grad", "replicated_energy"]
+__all__ = ["hyperspherical_energy", "hyperspherical_energy_and_grad", "replicated_energy", "ReplicatedPairEnergy"]

@@ -100,3 +100,39 @@ def replicated_energy(
         pairs = (w.shape[0] if w.dim() == 3 else 1) * _spec.num_pairs(n, half_space)
         share = share / pairs if pairs > 0 else share * 0.0
     return share * world_size
+
+
+def for_regularizer(energy, distributed):
+    """The pair energy of ``CoMHE(..., distributed=...)``: ``energy`` itself for
+    False, else its replicated share over the default group (True) or the
+    given process group (DDP's)."""
+    if distributed is False:
+        return energy
+    if distributed is not True and not isinstance(distributed, dist.ProcessGroup):
+        raise TypeError(
+            f"distributed must be a bool or a torch.distributed.ProcessGroup, got {type(distributed).__name__}"
+        )
+    return ReplicatedPairEnergy(energy, None if distributed is True else distributed)
+
+
+class ReplicatedPairEnergy:
+    """A regularizer's pair energy (``regularizers.PairEnergy``: the op's mean
+    over pairs, the settings of ``energy``) as this rank's scaled share of the
+    pairs over the ranks of ``group`` (None: the default process group)."""
+
+    def __init__(self, energy, group=None):
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "distributed=True needs an initialized torch.distributed process group (the one DDP uses)"
+            )
+        self.base, self.group = energy, group
+
+    def __call__(self, x: torch.Tensor, half_space: bool) -> torch.Tensor:
+        e = self.base
+        return replicated_energy(
+            x, e.power, half_space=half_space, reduction="mean", eps=e.eps, delta=e.delta,
+            squared_log=e.squared_log, group=self.group, backend=e.backend,
+        )
+
+    def __repr__(self) -> str:
+        return f"ReplicatedPairEnergy({self.base!r}, group={self.group!r})"
