@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed.replicated import for_regularizer as distributed_energy
 from ._checks import check_bool, nonneg_float, positive_int
 from .energy import PairEnergy, default_weights, mhe_loss
 from .layers import current_weight, plan_layers, unwrap
@@ -114,6 +115,14 @@ class CoMHE(nn.Module):
         backend: the op's backend: "auto" (fused), a registered one
             (``comhe_kernels.available_backends``), or "reference" (naive
             N x N; also computes AP's objective with N x N matrices).
+        distributed: under DDP, True (the default process group) or DDP's
+            process group: each rank computes 1/world_size of every layer
+            term's pairs, scaled so that DDP's gradient average is the full
+            gradient (``comhe_kernels.distributed.replicated_energy``; no
+            communication of its own). The value and ``last_energies`` of one
+            rank are then world_size x its share, not the energies (their
+            average over the ranks is). Pass the same ``generator`` seed on
+            every rank, so that the ranks draw the same projections.
 
     Modes: in ``train()`` mode (the default) ap/adv update P at every call;
     in ``eval()`` mode a call only evaluates E with the current P.
@@ -163,6 +172,7 @@ class CoMHE(nn.Module):
         eps: float = 1e-4,
         delta: float = 1e-4,
         backend: str = "auto",
+        distributed=False,
     ):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -214,6 +224,8 @@ class CoMHE(nn.Module):
         self._layer_modules = [module for _, module in planned]
         self._draws = Draws(generator, next(self._layer_modules[0].parameters()).device)
         self._terms = [TERMS[plan.mode].for_layer(plan, self, i) for i, plan in enumerate(self.layers)]
+        # After the terms: Adv's P ascends the full energy, the same on every rank.
+        self.energy = distributed_energy(self.energy, distributed)
         self.last_energies: dict[str, torch.Tensor] = {}
 
     def _layer_energy(self, index: int, update: bool) -> tuple[torch.Tensor, torch.dtype]:
