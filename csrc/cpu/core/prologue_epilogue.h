@@ -87,9 +87,10 @@ int64_t prologue(Points<T>& p, int nthreads) {
 }
 
 // The gradient of row flat = b N + i: the chain rule through the
-// normalization, at E's derivative scale; dself: D_i above (0 without a self pair).
+// normalization, at E's derivative scale; dself: D_i above (0 without a self
+// pair); times share (the cross-set op's half-space pairs are half of E's).
 template <class T, class E>
-void epilogue_row(const Points<T>& p, int64_t flat, double dself, T* grad) {
+void epilogue_row(const Points<T>& p, int64_t flat, double dself, double share, T* grad) {
   const int64_t N = p.L.N, k = p.L.k;
   const int64_t b = flat / N, i = flat % N, t = i / TS, ii = i % TS;
   const double ai = p.a[flat], ri = p.r[flat];
@@ -110,7 +111,7 @@ void epilogue_row(const Points<T>& p, int64_t flat, double dself, T* grad) {
   for (int64_t c = 0; c < k; ++c) dot += v(c) * (double(xr[c * sk]) * inv_r);
   const double aref = p.aref[b * p.Npad + i] + (p.small_k ? double(p.zt[b * p.Npad + i]) : 0.0);
   const double radial = dot + ai * (aref + dself);
-  const double scale = (2.0 / E::kappa) * inv_r;  // d u / d x = (I - u u^T) / r
+  const double scale = (2.0 * share / E::kappa) * inv_r;  // d u / d x = (I - u u^T) / r
   for (int64_t c = 0; c < k; ++c) g[c] = T(scale * (v(c) - radial * (double(xr[c * sk]) * inv_r)));
 }
 

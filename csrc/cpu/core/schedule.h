@@ -8,11 +8,13 @@
 // soon as its two super-tiles are done with their previous rounds (no
 // barrier per round). The grouping depends on N and the machine's core count
 // only, so the order of every floating-point sum, and the result, does not
-// depend on the number of threads.
+// depend on the number of threads. The cross-set op plays the super-tiles of
+// its two sets in the rounds of a Latin rectangle instead (solve_cross_sets).
 #pragma once
 
 #include <atomic>
 #include <thread>
+#include <type_traits>
 
 #include "gram_path.h"
 #include "prologue_epilogue.h"
@@ -131,7 +133,7 @@ void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads) {
         pr.self_energy[flat] = F / Self::lambda;
         dself = 2.0 * (E::kappa / Self::kappa) * (be - al);  // at E's derivative scale
       }
-      if (want_grad) epilogue_row<T, E>(pr, flat, dself, grad);
+      if (want_grad) epilogue_row<T, E>(pr, flat, dself, 1.0, grad);
     }
   }
   for (int64_t b = 0; b < B; ++b) {  // fixed order: the same sum for any thread count
@@ -144,26 +146,108 @@ void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads) {
   }
 }
 
-template <class T, Kind K, Power P>
-void solve_set_half(Points<T>& pr, double* energy, T* grad, int nt) {
-  if (pr.P.half_space)
-    solve_set<T, K, P, true>(pr, energy, grad, nt);
-  else
-    solve_set<T, K, P, false>(pr, energy, grad, nt);
+// The cross-set op: every pair (x_i, y_j) of every pair of sets once, then
+// the epilogue of both sets. The super-tile pairs form an n1 x n2 grid, n1 <=
+// n2 the smaller set's count: round r pairs super-tile m < n1 of the smaller
+// set with super-tile (m + r) mod n2 of the larger, so that no super-tile
+// appears twice in a round (n2 rounds of n1 tasks, a Latin rectangle), and a
+// task waits, as in solve_set, for its super-tiles' previous tasks only.
+// With half_space the pair is f(d2) + f(d2p): half of E's 2 f(d2) + 2 f(d2p).
+template <class T, Kind K, Power P, bool Half>
+void solve_cross_sets(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* grad_y, int nthreads) {
+  using E = PairEnergy<K, P, Half>;
+  const double share = Half ? 0.5 : 1.0;
+  const int64_t B = X.L.B, n1 = std::min(X.nS, Y.nS), n2 = std::max(X.nS, Y.nS);
+  const bool x_smaller = X.nS <= Y.nS, want_grad = grad_x != nullptr;
+  std::vector<double> super_energy(size_t(B * X.nS), 0.0);
+  if (want_grad) {
+    X.allocate_gradient();
+    Y.allocate_gradient();
+    if (X.xu) {
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+      for (int64_t t = 0; t < B * (X.nT + Y.nT); ++t) t < B * X.nT ? X.tile_sums(t) : Y.tile_sums(t - B * X.nT);
+    }
+  }
+  std::vector<Buffer<T>> scratch = weight_buffers<T>(nthreads);
+  const int64_t n_tasks = B * n1 * n2;
+  std::vector<std::atomic<int64_t>> done_small(size_t(B * n1)), done_large(size_t(B * n2));
+  for (auto& d : done_small) d.store(0, std::memory_order_relaxed);
+  for (auto& d : done_large) d.store(0, std::memory_order_relaxed);
+  std::atomic<int64_t> next_task{0};
+  auto wait_for = [](const std::atomic<int64_t>& done, int64_t round) {
+    while (done.load(std::memory_order_acquire) < round) std::this_thread::yield();
+  };
+
+#pragma omp parallel num_threads(nthreads)
+  {
+    T* Wb = scratch[omp_get_thread_num()].get();
+    T* WTb = Wb + TS * TS;
+    for (int64_t t; (t = next_task.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
+      const int64_t round = t / (B * n1), b = t / n1 % B, m = t % n1, l = (m + round) % n2;
+      // l's previous round: round - 1, when super-tile m + 1 had it; for the
+      // last m, the round in which it last came round to m = 0
+      const int64_t prev = m + 1 < n1 ? round - 1 : round - (n2 - n1 + 1);
+      std::atomic<int64_t>& ds = done_small[b * n1 + m];
+      std::atomic<int64_t>& dl = done_large[b * n2 + l];
+      wait_for(ds, round);
+      if (prev >= 0) wait_for(dl, prev + 1);
+      const int64_t Sx = x_smaller ? m : l, Sy = x_smaller ? l : m;
+      super_energy[b * X.nS + Sx] += super_pair<T, E>(X, Sx, Y, Sy, b, false, want_grad, Wb, WTb);
+      ds.store(round + 1, std::memory_order_release);
+      dl.store(round + 1, std::memory_order_release);
+    }
+    if (want_grad) {
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t flat = 0; flat < B * (X.L.N + Y.L.N); ++flat) {
+        if (flat < B * X.L.N)
+          epilogue_row<T, E>(X, flat, 0.0, share, grad_x);
+        else
+          epilogue_row<T, E>(Y, flat - B * X.L.N, 0.0, share, grad_y);
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {  // fixed order: the same sum for any thread count
+    double e = 0;
+    for (int64_t S = 0; S < X.nS; ++S) e += super_energy[b * X.nS + S];
+    energy[b] = e / E::lambda * share;
+  }
+}
+
+// f(power, half) with the power case and half_space of P as compile-time
+// constants (std::integral_constant), so that each is one instantiation.
+template <Kind K, class F>
+void with_energy(const EnergyParams& P, F&& f) {
+  auto half = [&](auto power) {
+    if (P.half_space)
+      f(power, std::true_type{});
+    else
+      f(power, std::false_type{});
+  };
+  if constexpr (K == Kind::Gaussian) {  // the exponent cases mean nothing to the Gaussian: one instantiation
+    half(std::integral_constant<Power, Power::General>{});
+  } else {
+    switch (power_case(P.s)) {
+      case Power::Log: return half(std::integral_constant<Power, Power::Log>{});
+      case Power::One: return half(std::integral_constant<Power, Power::One>{});
+      case Power::Two: return half(std::integral_constant<Power, Power::Two>{});
+      default: return half(std::integral_constant<Power, Power::General>{});
+    }
+  }
 }
 
 template <class T, Kind K>
-void solve(Points<T>& pr, double* energy, T* grad, int nt) {
-  if constexpr (K == Kind::Gaussian) {  // the exponent cases mean nothing to the Gaussian: one instantiation
-    solve_set_half<T, K, Power::General>(pr, energy, grad, nt);
-  } else {
-    switch (power_case(pr.P.s)) {
-      case Power::Log: return solve_set_half<T, K, Power::Log>(pr, energy, grad, nt);
-      case Power::One: return solve_set_half<T, K, Power::One>(pr, energy, grad, nt);
-      case Power::Two: return solve_set_half<T, K, Power::Two>(pr, energy, grad, nt);
-      default: return solve_set_half<T, K, Power::General>(pr, energy, grad, nt);
-    }
-  }
+void solve(Points<T>& pr, double* energy, T* grad, int nthreads) {
+  with_energy<K>(pr.P, [&](auto power, auto half) {
+    solve_set<T, K, decltype(power)::value, decltype(half)::value>(pr, energy, grad, nthreads);
+  });
+}
+
+template <class T, Kind K>
+void solve_cross(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* grad_y, int nthreads) {
+  with_energy<K>(X.P, [&](auto power, auto half) {
+    solve_cross_sets<T, K, decltype(power)::value, decltype(half)::value>(X, Y, energy, grad_x, grad_y, nthreads);
+  });
 }
 
 }  // namespace detail

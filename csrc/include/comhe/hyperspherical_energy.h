@@ -27,6 +27,7 @@ struct PointsLayout {
 struct KernelStatus {
   bool ok = true;
   int64_t bad_set = -1, bad_row = -1;  // first row holding NaN or Inf
+  int bad_input = 0;                   // in which input: 0 x, 1 y (the cross-set op's second set)
 };
 
 namespace cpu {
