@@ -1,6 +1,6 @@
 """comhe-kernels: fused (Compressive) Minimum Hyperspherical Energy for PyTorch."""
 
-from . import projections, reference, thomson
+from . import distributed, projections, reference, thomson
 from ._extension import build_info
 from ._spec import num_cross_pairs, num_pairs
 from .ops._registry import available as available_backends
@@ -25,6 +25,7 @@ __all__ = [
     "uniformity_loss",
     "min_pairwise_distance",
     "projections",
+    "distributed",
     "thomson",
 ]
 __version__ = "0.1.0"
