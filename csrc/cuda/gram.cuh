@@ -45,6 +45,7 @@ struct GramArgs {
   bool energy = true;     // this launch sums the energy (the cross op's second launch does not)
   int64_t KP = 0, npass = 1, nrt = 0;  // packed width (KV npass), coordinate passes, row tiles per set
   T tau = 0, s = 1, delta = 0;
+  double s64 = 1, delta64 = 0;  // the same in float64, for the refined pairs
   double* epart = nullptr;  // one energy partial per block
 };
 
@@ -388,7 +389,7 @@ __global__ void __launch_bounds__(kGramThreads, 1) gram_kernel(GramArgs<T> A) {
           const double aij = A.rows.a[b * A.rows.N + gi] + A.cols.a[b * A.cols.N + gj];
           const double d2 = aij + warp_sum(s1), d2p = aij + warp_sum(s2);
           double F, al, be;
-          E::eval(d2, d2p, double(A.s), double(A.delta), F, al, be);
+          E::eval(d2, d2p, A.s64, A.delta64, F, al, be);
           if (lane == 0 && sums_energy) esum += F;
           if (grad) {
             if (lane == 0 && pass == 0) sAref[16 * warp + r16] += al + be;

@@ -30,6 +30,8 @@ cudaError_t launch_small(const Plan<T>& pl, cudaStream_t stream) {
   A.tau_diff = sizeof(T) == 8 ? T(0) : T(tau * tau);
   A.s = T(pl.P.s);
   A.delta = T(pl.P.delta);
+  A.s64 = pl.P.s;
+  A.delta64 = pl.P.delta;
   A.epart = pl.epart;
   constexpr int KR = kSmallRecord<T, K>;
   constexpr size_t smem = sizeof(T) * size_t(kSmallChunk) * KR * (1 + kSmallWarps);  // 20 KB to 100 KB
@@ -78,6 +80,8 @@ cudaError_t launch_gram(const Plan<T>& pl, const SetArgs<T>& rows, const SetArgs
   A.tau = T(refine_threshold(sizeof(T) == 8, pl.P, pl.prec));
   A.s = T(pl.P.s);
   A.delta = T(pl.P.delta);
+  A.s64 = pl.P.s;
+  A.delta64 = pl.P.delta;
   A.epart = epart;
   if (!pl.grad) A.rows.v = nullptr;
   const int64_t blocks = pl.B * A.nrt * A.npass;

@@ -57,6 +57,7 @@ struct SmallArgs {
   int64_t row_slots = 0, col_slots = 0;  // slots per tile
   T tau_diff = 0;          // refine pairs with |u_j -+ u_i|^2 below this (0: never, float64)
   T s = 1, delta = 0;
+  double s64 = 1, delta64 = 0;  // the same in float64, for the refined pairs
   double* epart = nullptr;  // one energy partial per block
 };
 
@@ -76,7 +77,8 @@ __device__ __forceinline__ void tile_pair(int p, int nT, bool cross, int nTc, in
 }
 
 template <class T, class E, int K, bool Masked>
-__device__ __forceinline__ void small_pairs(bool grad, const SmallArgs<T>& A, int64_t b, const T (&ui)[kSmallRows<T, K>][K],
+__device__ __forceinline__ void small_pairs(bool grad, const SmallArgs<T>& A, int64_t b,
+                                            const T (&ui)[kSmallRows<T, K>][K],
                                             const T (&ai)[kSmallRows<T, K>], const int64_t (&ig)[kSmallRows<T, K>],
                                             int64_t jg, const T (&uj)[kSmallRecord<T, K>],
                                             T (&d)[kSmallRows<T, K>][K], T (&sm)[kSmallRows<T, K>][K],
@@ -122,7 +124,7 @@ __device__ __forceinline__ void small_pairs(bool grad, const SmallArgs<T>& A, in
       if (near) {  // rare: the pair in float64 from x
         double d2, d2p, Fd, ald, bed;
         refine_distances<E>(A.rows, b, ig[r], A.cols, jg, d2, d2p);
-        E::eval(d2, d2p, double(A.s), double(A.delta), Fd, ald, bed);
+        E::eval(d2, d2p, A.s64, A.delta64, Fd, ald, bed);
         esum += Fd;
         if (grad) {
           const double ri = A.rows.r[b * A.rows.N + ig[r]], rj = A.cols.r[b * A.cols.N + jg];
@@ -231,13 +233,13 @@ __global__ void __launch_bounds__(kSmallThreads, 1) small_k_kernel(SmallArgs<T> 
           T* acc = colacc + c * KR;
           if (!slow)
             small_pairs<T, E, K, false>(grad, A, b, ui, ai, ig, jg, uj, d, sm, dd, ddp, racc, zacc, acc, fsum, esum,
-                                              diag);
+                                        diag);
           else
             small_pairs<T, E, K, true>(grad, A, b, ui, ai, ig, jg, uj, d, sm, dd, ddp, racc, zacc, acc, fsum, esum,
-                                             diag);
+                                       diag);
           __syncwarp();  // the next step's lane reads the column accumulator this one wrote
         }
-          esum += double(fsum);
+        esum += double(fsum);
       }
       if (grad) {
         __syncthreads();
