@@ -209,6 +209,32 @@ def _ddp_check(rank: int) -> dict:
     return out
 
 
+# The Thomson solver's evaluations over the ranks: (sets, points, dim, dtype, power).
+THOMSON_CALLS = [(4, 23, 3, torch.float64, 1.0), (2, 10, 5, torch.float32, 0.0), (1, 2, 3, torch.float64, 2.0)]
+
+
+def _thomson_points(b, n, k, dtype):
+    x = torch.randn(b, n, k, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    return (x / x.norm(dim=-1, keepdim=True)).to(dtype)
+
+
+def _thomson_check(rank: int, device: str) -> list:
+    """Rank 0 evaluates through ShardedEnergyAndGrad while the others serve, for each power."""
+    from comhe_kernels.distributed.thomson import ShardedEnergyAndGrad, serve
+
+    out = []
+    for b, n, k, dtype, power in THOMSON_CALLS:
+        if rank == 0:
+            evaluation = ShardedEnergyAndGrad(power)
+            energy, grad = evaluation(_thomson_points(b, n, k, dtype).to(device))
+            energy2, _ = evaluation(_thomson_points(b, n, k, dtype).to(device))  # a second call, same answer
+            evaluation.close()
+            out.append((energy.cpu(), grad.cpu(), energy2.cpu()))
+        else:
+            serve(power, device=device)
+    return out
+
+
 def _stalled_rank_check(rank: int, world: int) -> dict:
     """The last rank never makes the call (it stalls elsewhere): the others must raise within TIMEOUT."""
     x = torch.randn(4, 3, dtype=torch.float64)
@@ -250,6 +276,7 @@ def _worker(rank: int, world: int, backend: str, port: int, out_dir: str) -> Non
                                 timeout=datetime.timedelta(seconds=60))
         results["energy"] = _energy_checks(rank, world, device)
         results["disagree"] = _disagreement_checks(rank, device)
+        results["thomson"] = _thomson_check(rank, device)
         if backend == "gloo" and world == 2:
             results["ddp"] = _ddp_check(rank)
             results["stalled"] = _stalled_rank_check(rank, world)  # leaves the group unusable: last
@@ -405,6 +432,17 @@ def test_the_regularizer_checks_its_distributed_setting():
         comhe_kernels.CoMHE(model, "mhe", distributed="yes")
     with pytest.raises(RuntimeError, match="distributed=True needs an initialized"):
         comhe_kernels.CoMHE(model, "mhe", distributed=True)
+
+
+def test_the_thomson_evaluation_over_the_ranks_equals_the_op(world):
+    size, results = world
+    for (b, n, k, dtype, power), (energy, grad, energy2) in zip(THOMSON_CALLS, results[0]["thomson"]):
+        x = _thomson_points(b, n, k, dtype)
+        e_ref, g_ref = comhe_kernels.hyperspherical_energy_and_grad(x.double(), power, eps=0.0, reduction="none")
+        assert energy.dtype == torch.float64 and grad.dtype == dtype and grad.shape == x.shape
+        assert_energy_close(energy, e_ref, dtype, num_pairs(n))
+        assert_grad_close(grad, g_ref, dtype)
+        torch.testing.assert_close(energy2, energy, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- in this process
