@@ -89,6 +89,7 @@ def _cases() -> list[Case]:
         Case("gram-path-k20-a1", "a1", k=20, sizes=0),
         Case("empty-union", 1, True, sizes=5),
         Case("float32", 1, True, dtype=torch.float32, sizes=3),
+        Case("bfloat16", "a2", False, "sum", dtype=torch.bfloat16, sizes=4),
     ]
     for power in (1, "a1", "g2"):
         cases.append(Case(f"twice-{power}", power, True, "sum", sizes=0, schedule="twice"))
@@ -161,6 +162,21 @@ def _disagreement_checks(rank: int, device: str) -> dict:
         "bad_argument": lambda: distributed.hyperspherical_energy(x, reduction="bogus" if last else "mean"),
     }
     return {name: _expect_error(call) for name, call in calls.items()}
+
+
+def _subgroup_check(rank: int, device: str):
+    """Ranks 0 and 2 of 3 in their own group (group ranks 0 and 1; messages name the global ranks)."""
+    sub = dist.new_group([0, 2])  # every rank creates it
+    if rank == 1:
+        return None
+    x = SUBGROUP_POINTS
+    x_local = (x[:7] if rank == 0 else x[7:]).to(device).requires_grad_()
+    e = distributed.hyperspherical_energy(x_local, "g2", half_space=True, group=sub)
+    e.backward()
+    return e.detach().cpu(), x_local.grad.cpu()
+
+
+SUBGROUP_POINTS = torch.randn(16, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 
 
 def _ddp_model() -> torch.nn.Module:
@@ -277,6 +293,8 @@ def _worker(rank: int, world: int, backend: str, port: int, out_dir: str) -> Non
         results["energy"] = _energy_checks(rank, world, device)
         results["disagree"] = _disagreement_checks(rank, device)
         results["thomson"] = _thomson_check(rank, device)
+        if world == 3:
+            results["subgroup"] = _subgroup_check(rank, device)
         if backend == "gloo" and world == 2:
             results["ddp"] = _ddp_check(rank)
             results["stalled"] = _stalled_rank_check(rank, world)  # leaves the group unusable: last
@@ -337,7 +355,9 @@ def test_energy_and_gradient_equal_one_process(world, case):
         g_rows = _rows(g_ref, sizes, rank)
         _assert_rows_close(res["grad"], g_rows, case.dtype)
         _assert_rows_close(res["energy_and_grad"][1], g_rows, case.dtype)
-        assert res["energy"].dtype == case.dtype and res["grad"].dtype == case.dtype
+        # As the op: 16-bit input is computed in float32, the gradient returned in its dtype.
+        assert res["energy"].dtype == comhe_kernels.hyperspherical_energy(x[..., :2, :], 1).dtype
+        assert res["grad"].dtype == case.dtype
 
 
 def _assert_rows_close(g, g_ref, dtype):
@@ -432,6 +452,17 @@ def test_the_regularizer_checks_its_distributed_setting():
         comhe_kernels.CoMHE(model, "mhe", distributed="yes")
     with pytest.raises(RuntimeError, match="distributed=True needs an initialized"):
         comhe_kernels.CoMHE(model, "mhe", distributed=True)
+
+
+def test_a_subgroup_of_the_ranks(world):
+    size, results = world
+    if "subgroup" not in results[0]:
+        pytest.skip("the 3-rank worlds check a group of ranks 0 and 2")
+    e_ref, g_ref = _one_process(Case("sub", "g2", True), SUBGROUP_POINTS)
+    for rank, rows in ((0, slice(0, 7)), (2, slice(7, 16))):
+        e, g = results[rank]["subgroup"]
+        assert_energy_close(e, e_ref, torch.float64, num_pairs(16, True))
+        assert_grad_close(g, g_ref[rows], torch.float64)
 
 
 def test_the_thomson_evaluation_over_the_ranks_equals_the_op(world):
