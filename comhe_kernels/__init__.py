@@ -3,7 +3,7 @@
 from . import distributed, projections, reference, thomson
 from ._extension import build_info
 from ._spec import num_cross_pairs, num_pairs
-from .ops._registry import available as available_backends
+from .ops._registry import available as available_backends, discover
 from .ops.cross_energy import cross_energy, cross_energy_and_grad
 from .ops.hyperspherical_energy import hyperspherical_energy, hyperspherical_energy_and_grad
 from .regularizers import MHE, CoMHE, mhe_loss
@@ -29,3 +29,5 @@ __all__ = [
     "thomson",
 ]
 __version__ = "0.1.0"
+
+discover()  # the backends register themselves (ops/backends/), before any call can be compiled

@@ -5,6 +5,8 @@ Tolerances live in conftest.py (one table per dtype, with the reasoning).
 """
 
 import math
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -703,3 +705,14 @@ def test_pair_math_contract_across_sets(dtype, fused_cross_backend):
                 assert_energy_close(e, e_ref, dtype, 2, tol), f"d={d} power={power} half_space={half_space}"
                 assert_grad_close(gx, gx_ref, dtype, tol)
                 assert_grad_close(gy, gy_ref, dtype, tol)
+
+
+def test_first_call_inside_torch_compile():
+    """A fresh process whose first call of the op is compiled (fullgraph)."""
+    code = (
+        "import torch, comhe_kernels as ck\n"
+        "f = torch.compile(lambda x: ck.hyperspherical_energy(x, 1), fullgraph=True, backend='aot_eager')\n"
+        "x = torch.randn(50, 8, dtype=torch.float64)\n"
+        "assert torch.allclose(f(x), ck.reference.hyperspherical_energy(x, 1), rtol=1e-12, atol=0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
