@@ -29,7 +29,7 @@ if [ ! -d "$whl_dir/torch/include/c10/cuda" ]; then
   rm -f "$whl_dir"/torch-2.14.1-*.whl
 fi
 inc="$whl_dir/torch/include"
-nvcc -std=c++20 -O2 --expt-relaxed-constexpr -D_GLIBCXX_USE_CXX11_ABI=1 -DTORCH_EXTENSION_NAME=_C \
+nvcc -std=c++20 -O0 --expt-relaxed-constexpr -D_GLIBCXX_USE_CXX11_ABI=1 -DTORCH_EXTENSION_NAME=_C \
   -I"$inc" -I"$inc/torch/csrc/api/include" -Icsrc/include -gencode=arch=compute_90a,code=sm_90a \
   -diag-suppress 20013,20015 -c csrc/cuda/hyperspherical_energy.cu -o "$out/hyperspherical_energy_glue.o" \
   > "$out/glue.log" 2>&1 &
