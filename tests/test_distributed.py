@@ -89,6 +89,7 @@ def _cases() -> list[Case]:
         Case("gram-path-k20-a1", "a1", k=20, sizes=0),
         Case("empty-union", 1, True, sizes=5),
         Case("float32", 1, True, dtype=torch.float32, sizes=3),
+        Case("bfloat16", "a2", False, "sum", dtype=torch.bfloat16, sizes=4),
     ]
     for power in (1, "a1", "g2"):
         cases.append(Case(f"twice-{power}", power, True, "sum", sizes=0, schedule="twice"))
@@ -163,6 +164,21 @@ def _disagreement_checks(rank: int, device: str) -> dict:
     return {name: _expect_error(call) for name, call in calls.items()}
 
 
+def _subgroup_check(rank: int, device: str):
+    """Ranks 0 and 2 of 3 in their own group (group ranks 0 and 1; messages name the global ranks)."""
+    sub = dist.new_group([0, 2])  # every rank creates it
+    if rank == 1:
+        return None
+    x = SUBGROUP_POINTS
+    x_local = (x[:7] if rank == 0 else x[7:]).to(device).requires_grad_()
+    e = distributed.hyperspherical_energy(x_local, "g2", half_space=True, group=sub)
+    e.backward()
+    return e.detach().cpu(), x_local.grad.cpu()
+
+
+SUBGROUP_POINTS = torch.randn(16, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
 def _ddp_model() -> torch.nn.Module:
     """Fan-ins 12, 23, 17: with proj_dim 4 the middle layer is projected (the first is the input layer)."""
     torch.manual_seed(0)  # the same weights on every rank and in the parent
@@ -209,6 +225,32 @@ def _ddp_check(rank: int) -> dict:
     return out
 
 
+# The Thomson solver's evaluations over the ranks: (sets, points, dim, dtype, power).
+THOMSON_CALLS = [(4, 23, 3, torch.float64, 1.0), (2, 10, 5, torch.float32, 0.0), (1, 2, 3, torch.float64, 2.0)]
+
+
+def _thomson_points(b, n, k, dtype):
+    x = torch.randn(b, n, k, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    return (x / x.norm(dim=-1, keepdim=True)).to(dtype)
+
+
+def _thomson_check(rank: int, device: str) -> list:
+    """Rank 0 evaluates through ShardedEnergyAndGrad while the others serve, for each power."""
+    from comhe_kernels.distributed.thomson import ShardedEnergyAndGrad, serve
+
+    out = []
+    for b, n, k, dtype, power in THOMSON_CALLS:
+        if rank == 0:
+            evaluation = ShardedEnergyAndGrad(power)
+            energy, grad = evaluation(_thomson_points(b, n, k, dtype).to(device))
+            energy2, _ = evaluation(_thomson_points(b, n, k, dtype).to(device))  # a second call, same answer
+            evaluation.close()
+            out.append((energy.cpu(), grad.cpu(), energy2.cpu()))
+        else:
+            serve(power, device=device)
+    return out
+
+
 def _stalled_rank_check(rank: int, world: int) -> dict:
     """The last rank never makes the call (it stalls elsewhere): the others must raise within TIMEOUT."""
     x = torch.randn(4, 3, dtype=torch.float64)
@@ -250,6 +292,9 @@ def _worker(rank: int, world: int, backend: str, port: int, out_dir: str) -> Non
                                 timeout=datetime.timedelta(seconds=60))
         results["energy"] = _energy_checks(rank, world, device)
         results["disagree"] = _disagreement_checks(rank, device)
+        results["thomson"] = _thomson_check(rank, device)
+        if world == 3:
+            results["subgroup"] = _subgroup_check(rank, device)
         if backend == "gloo" and world == 2:
             results["ddp"] = _ddp_check(rank)
             results["stalled"] = _stalled_rank_check(rank, world)  # leaves the group unusable: last
@@ -310,7 +355,9 @@ def test_energy_and_gradient_equal_one_process(world, case):
         g_rows = _rows(g_ref, sizes, rank)
         _assert_rows_close(res["grad"], g_rows, case.dtype)
         _assert_rows_close(res["energy_and_grad"][1], g_rows, case.dtype)
-        assert res["energy"].dtype == case.dtype and res["grad"].dtype == case.dtype
+        # As the op: 16-bit input is computed in float32, the gradient returned in its dtype.
+        assert res["energy"].dtype == comhe_kernels.hyperspherical_energy(x[..., :2, :], 1).dtype
+        assert res["grad"].dtype == case.dtype
 
 
 def _assert_rows_close(g, g_ref, dtype):
@@ -405,6 +452,28 @@ def test_the_regularizer_checks_its_distributed_setting():
         comhe_kernels.CoMHE(model, "mhe", distributed="yes")
     with pytest.raises(RuntimeError, match="distributed=True needs an initialized"):
         comhe_kernels.CoMHE(model, "mhe", distributed=True)
+
+
+def test_a_subgroup_of_the_ranks(world):
+    size, results = world
+    if "subgroup" not in results[0]:
+        pytest.skip("the 3-rank worlds check a group of ranks 0 and 2")
+    e_ref, g_ref = _one_process(Case("sub", "g2", True), SUBGROUP_POINTS)
+    for rank, rows in ((0, slice(0, 7)), (2, slice(7, 16))):
+        e, g = results[rank]["subgroup"]
+        assert_energy_close(e, e_ref, torch.float64, num_pairs(16, True))
+        assert_grad_close(g, g_ref[rows], torch.float64)
+
+
+def test_the_thomson_evaluation_over_the_ranks_equals_the_op(world):
+    size, results = world
+    for (b, n, k, dtype, power), (energy, grad, energy2) in zip(THOMSON_CALLS, results[0]["thomson"]):
+        x = _thomson_points(b, n, k, dtype)
+        e_ref, g_ref = comhe_kernels.hyperspherical_energy_and_grad(x.double(), power, eps=0.0, reduction="none")
+        assert energy.dtype == torch.float64 and grad.dtype == dtype and grad.shape == x.shape
+        assert_energy_close(energy, e_ref, dtype, num_pairs(n))
+        assert_grad_close(grad, g_ref, dtype)
+        torch.testing.assert_close(energy2, energy, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- in this process

@@ -117,13 +117,14 @@ GPU_TARGETS = (
 _GPU_PROVIDERS = ("reference", "compiled", "keops", FUSED)
 
 PRESETS = {
-    # Under 2 minutes on 2 cores, also on an AVX2-only machine: most of its
-    # time is the 10 worker processes' start (~3 s each on a quiet 2-core VM),
-    # the two compilations of torch.compile and pykeops' first (on-disk
-    # cached) build; at N = 4096 pykeops alone took ~6 s per call.
+    # Under 2 minutes on a 2-core AVX2-only machine, where N = 256, 1024, 4096
+    # took 188 s: one size. A run's time is mostly its worker processes' start
+    # and torch.compile's compilation, per size: in alternating runs on 2 Zen 4
+    # cores (load 8-10) N = 256, 1024, 4096 took 266 s, N = 512, 2048 179 s,
+    # N = 2048 70-106 s (CPU time 0.36x of the three sizes': ~70 s there).
     "quick": Preset(
-        "every provider, N = 512, 2048, k = 32, s = 1, float32, forward+backward (about a minute on 2 cores)",
-        (Group(n=(512, 2048), k=(32,)),),
+        "every provider at N = 2048, k = 32, s = 1, float32, forward+backward (about a minute on 2 cores)",
+        (Group(n=(2048,), k=(32,)),),
         rep_seconds=0.5,
         warmup_seconds=0.5,
         max_call_seconds=20.0,

@@ -58,7 +58,7 @@ class Worker:
                 if ended:  # the task raised: serve() has returned
                     self.close()
                 return result, None
-            self.close()
+            self.close(wait=0)
             return None, f"no result after {timeout:.0f} s (--timeout): worker killed"
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self.process.join(30)
@@ -71,14 +71,15 @@ class Worker:
     def alive(self) -> bool:
         return not self.conn.closed and self.process.is_alive()
 
-    def close(self) -> None:
+    def close(self, wait: float = 30) -> None:
+        """Ask the worker to end; kill it if it has not after ``wait`` seconds."""
         if self.conn.closed:
             return
         try:
             self.conn.send(None)
         except OSError:
             pass
-        self.process.join(30)
+        self.process.join(wait)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()

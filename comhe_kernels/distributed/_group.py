@@ -53,6 +53,10 @@ class Group:
         self.backend = str(dist.get_backend(group))
         self._global = [dist.get_global_rank(group, r) if group is not None else r for r in range(self.world_size)]
 
+    def global_rank(self, rank: int) -> int:
+        """The default group's rank of this group's ``rank`` (what point-to-point messages name)."""
+        return self._global[rank]
+
     def device_error(self, device: torch.device) -> str | None:
         """Why tensors on ``device`` cannot travel in this group, or None."""
         if self.backend == "nccl" and device.type != "cuda":
