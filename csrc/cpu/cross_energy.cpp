@@ -15,16 +15,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_cpu(const at::Tensor
                                                                 c10::string_view kind, double s, bool half_space,
                                                                 double eps, double delta, bool compute_grad,
                                                                 c10::string_view precision) {
-  comhe::aten::check_points(kOp, "x", x);
-  comhe::aten::check_points(kOp, "y", y);
-  TORCH_CHECK_VALUE(x.size(0) == y.size(0), kOp, ": x and y must have the same number of sets B, got ", x.sizes(),
-                    " and ", y.sizes());
-  TORCH_CHECK_VALUE(x.size(2) == y.size(2), kOp, ": x and y must have the same k, got ", x.sizes(), " and ",
-                    y.sizes());
-  TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), kOp, ": x and y must have the same dtype, got ",
-                   x.scalar_type(), " and ", y.scalar_type());
-  const comhe::EnergyParams params = comhe::aten::energy_params(kOp, kind, s, half_space, eps, delta, precision);
-  if (comhe::aten::computed_in_float64(x, params)) {
+  comhe::check_cross_pair(x, y, kOp);
+  const comhe::EnergyParams params = comhe::check_energy_params(kind, s, half_space, eps, delta, kOp);
+  comhe::cpu_glue::check_precision(precision, kOp);
+  comhe::cpu_glue::check_cpu(x, kOp, "x");
+  if (comhe::cpu_glue::in_float64(x, params)) {
     auto [energy, grad_x, grad_y] = cross_energy_cpu(x.to(at::kDouble), y.to(at::kDouble), kind, s, half_space, eps,
                                                      delta, compute_grad, precision);
     return {energy, grad_x.to(at::kFloat), grad_y.to(at::kFloat)};
@@ -33,9 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_cpu(const at::Tensor
   at::Tensor grad_x = compute_grad ? at::zeros(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_y = compute_grad ? at::zeros(y.sizes(), y.options()) : at::empty({0}, y.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cross_energy_cpu", [&] {
-    comhe::aten::check_finite(comhe::cpu::cross_energy<scalar_t>(
-        x.const_data_ptr<scalar_t>(), comhe::aten::layout_of(x), y.const_data_ptr<scalar_t>(),
-        comhe::aten::layout_of(y), params, energy.data_ptr<double>(),
+    comhe::cpu_glue::check_finite(comhe::cpu::cross_energy<scalar_t>(
+        x.const_data_ptr<scalar_t>(), comhe::points_layout(x), y.const_data_ptr<scalar_t>(),
+        comhe::points_layout(y), params, energy.data_ptr<double>(),
         compute_grad ? grad_x.data_ptr<scalar_t>() : nullptr, compute_grad ? grad_y.data_ptr<scalar_t>() : nullptr,
         at::get_num_threads()));
   });

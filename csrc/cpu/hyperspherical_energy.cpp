@@ -13,9 +13,11 @@ constexpr const char* kOp = "comhe::hyperspherical_energy";
 std::tuple<at::Tensor, at::Tensor> hyperspherical_energy_cpu(const at::Tensor& x, c10::string_view kind, double s,
                                                              bool half_space, double eps, double delta,
                                                              bool compute_grad, c10::string_view precision) {
-  comhe::aten::check_points(kOp, "x", x);
-  const comhe::EnergyParams params = comhe::aten::energy_params(kOp, kind, s, half_space, eps, delta, precision);
-  if (comhe::aten::computed_in_float64(x, params)) {
+  comhe::check_points_tensor(x, kOp, "x");
+  const comhe::EnergyParams params = comhe::check_energy_params(kind, s, half_space, eps, delta, kOp);
+  comhe::cpu_glue::check_precision(precision, kOp);
+  comhe::cpu_glue::check_cpu(x, kOp, "x");
+  if (comhe::cpu_glue::in_float64(x, params)) {
     auto [energy, grad] = hyperspherical_energy_cpu(x.to(at::kDouble), kind, s, half_space, eps, delta, compute_grad,
                                                     precision);
     return {energy, grad.to(at::kFloat)};
@@ -24,8 +26,8 @@ std::tuple<at::Tensor, at::Tensor> hyperspherical_energy_cpu(const at::Tensor& x
   at::Tensor energy = at::zeros({B}, x.options().dtype(at::kDouble));
   at::Tensor grad = compute_grad ? at::zeros({B, N, k}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hyperspherical_energy_cpu", [&] {
-    comhe::aten::check_finite(comhe::cpu::hyperspherical_energy<scalar_t>(
-        x.const_data_ptr<scalar_t>(), comhe::aten::layout_of(x), params, energy.data_ptr<double>(),
+    comhe::cpu_glue::check_finite(comhe::cpu::hyperspherical_energy<scalar_t>(
+        x.const_data_ptr<scalar_t>(), comhe::points_layout(x), params, energy.data_ptr<double>(),
         compute_grad ? grad.data_ptr<scalar_t>() : nullptr, at::get_num_threads()));
   });
   return {energy, grad};
