@@ -143,3 +143,23 @@ def test_cross_energy_op_level_checks_name_the_argument():
     y[1, 2, 0] = float("inf")
     with pytest.raises(ValueError, match="y contains NaN or Inf \\(set 1, row 2\\)"):
         op(x, y, *args)
+
+
+@pytest.mark.parametrize("k", [3, 5, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_only_energy_is_the_energy_with_the_gradient(k, dtype):
+    """Bitwise, for both ops, every kind, power case and half_space: the pair
+    loops compute the derivatives even where the call does not want them, so
+    that the compiler forms the same FMAs in the energy (simd::compute_always;
+    without it half-space s = 1 and angular energies differed in the last bits
+    on every ISA)."""
+    x = torch.randn(2, 150, k, dtype=dtype)
+    x[:, 1] = x[:, 0] + 1e-6  # a refined pair
+    y = torch.randn(2, 70, k, dtype=dtype)
+    one, cross = torch.ops.comhe.hyperspherical_energy.default, torch.ops.comhe.cross_energy.default
+    for kind, s in [("chordal", 0.0), ("chordal", 1.0), ("chordal", 2.0), ("chordal", 1.5), ("angular", 0.0),
+                    ("angular", 1.0), ("angular", 2.0), ("angular", 1.5), ("gaussian", 2.0)]:
+        for half_space in (False, True):
+            args = (kind, s, half_space, 1e-4, 1e-4)
+            assert torch.equal(one(x, *args, False)[0], one(x, *args, True)[0]), (kind, s, half_space)
+            assert torch.equal(cross(x, y, *args, False)[0], cross(x, y, *args, True)[0]), (kind, s, half_space)

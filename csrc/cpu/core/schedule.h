@@ -130,6 +130,8 @@ void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads) {
         const double ai = pr.a[flat];
         double F, al, be;
         Self::eval(4.0 - 2.0 * ai, 2.0 * ai, pr.P.s, pr.P.delta, F, al, be);
+        simd::compute_always(al);  // the same F with and without the gradient (simd.h)
+        simd::compute_always(be);
         pr.self_energy[flat] = F / Self::lambda;
         dself = 2.0 * (E::kappa / Self::kappa) * (be - al);  // at E's derivative scale
       }
