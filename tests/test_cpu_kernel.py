@@ -4,6 +4,13 @@ independence, opcheck. The op tests over every backend are in
 test_hyperspherical_energy.py and test_cross_energy.py; tolerances in conftest.py.
 """
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import assert_energy_close, assert_grad_close, reference_cross_energy_and_grad
@@ -163,3 +170,51 @@ def test_forward_only_energy_is_the_energy_with_the_gradient(k, dtype):
             args = (kind, s, half_space, 1e-4, 1e-4)
             assert torch.equal(one(x, *args, False)[0], one(x, *args, True)[0]), (kind, s, half_space)
             assert torch.equal(cross(x, y, *args, False)[0], cross(x, y, *args, True)[0]), (kind, s, half_space)
+
+
+# The child of test_ctrl_c_interrupts_a_long_call: each op call takes ~15 s
+# uninterrupted on the 2 cores of the CI machine (N = 250000, k = 3: 3.1e10 pairs;
+# 150000 took 5.4 s here).
+_LONG_CALLS = """
+import torch, comhe_kernels
+comhe_kernels.available_backends("hyperspherical_energy", "cpu")  # loads the ops
+x = torch.randn(1, 250000, 3)
+calls = [lambda: torch.ops.comhe.hyperspherical_energy.default(x, "chordal", 1.0, False, 1e-4, 1e-4, True),
+         lambda: torch.ops.comhe.cross_energy.default(x, x.flip(1), "angular", 1.0, True, 1e-4, 1e-4, False)]
+for name, call in zip(["hyperspherical_energy", "cross_energy"], calls):
+    print("calling", name, flush=True)
+    try:
+        call()
+        print("finished", name, flush=True)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", name, flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_long_call():
+    """SIGINT during a long call of either op: KeyboardInterrupt within about a
+    second (the kernel asks Python every 0.1 s between tasks of <= 1024 x 1024
+    pairs), not when the call ends. One child for both ops (one import)."""
+    env = dict(os.environ)
+    root = str(Path(comhe_kernels.__file__).parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    info = comhe_kernels.build_info()
+    if info.get("how") == "jit":  # the child loads this process's build instead of compiling one
+        env["COMHE_KERNELS_CACHE"] = str(Path(info["build_dir"]).parent)
+    child = subprocess.Popen([sys.executable, "-c", _LONG_CALLS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env,
+                             # a CI shell may start background jobs with SIGINT ignored
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for name in ["hyperspherical_energy", "cross_energy"]:
+            assert child.stdout.readline() == f"calling {name}\n", child.poll()
+            time.sleep(0.5)  # inside the call
+            child.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            line = child.stdout.readline()
+            assert line == f"KeyboardInterrupt {name}\n", (line, child.poll() and child.stderr.read())
+            assert time.monotonic() - sent < 3.0
+        child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0
