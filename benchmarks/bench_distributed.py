@@ -70,9 +70,9 @@ def rank_compute(x: torch.Tensor, rank: int, world_size: int, schedule: str) -> 
     return times
 
 
-def _worker(rank, world_size, port, cases, reps, threads, out_dir):
+def _worker(rank, world_size, cases, reps, threads, out_dir):
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(minutes=10))
     results = []
     for n, k, schedule in cases:
@@ -107,9 +107,9 @@ def _worker(rank, world_size, port, cases, reps, threads, out_dir):
     dist.destroy_process_group()
 
 
-def run_processes(world_size: int, cases: list, reps: int, threads: int, port: int) -> list:
+def run_processes(world_size: int, cases: list, reps: int, threads: int) -> list:
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world_size, port, cases, reps, threads, out_dir), nprocs=world_size)
+        mp.spawn(_worker, args=(world_size, cases, reps, threads, out_dir), nprocs=world_size)
         return torch.load(Path(out_dir) / "results.pt")
 
 
@@ -138,7 +138,6 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--port", type=int, default=29533)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     rows = []
     cases = [(n, k, s) for n in args.n for k in args.k for s in ("once", "twice")]
-    measured = run_processes(p, cases, args.reps, threads, args.port)
+    measured = run_processes(p, cases, args.reps, threads)
     for (n, k, schedule), m in zip(cases, measured):
         x = points(n, k)
         before = torch.get_num_threads()

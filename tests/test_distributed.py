@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 import traceback
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -251,6 +251,13 @@ def _thomson_check(rank: int, device: str) -> list:
     return out
 
 
+def _thomson_cli_check(rank: int, out_dir: str) -> int:
+    """comhe-thomson in processes that a launcher started (as torchrun's: WORLD_SIZE set)."""
+    os.environ["WORLD_SIZE"] = str(dist.get_world_size())
+    out = os.path.join(out_dir, "thomson12.npy")
+    return comhe_kernels.thomson.main(["12", "--quiet", "--restarts", "2", "--patience", "1", "--out", out])
+
+
 def _stalled_rank_check(rank: int, world: int) -> dict:
     """The last rank never makes the call (it stalls elsewhere): the others must raise within TIMEOUT."""
     x = torch.randn(4, 3, dtype=torch.float64)
@@ -280,7 +287,7 @@ def _failing_rank_check(rank: int, world: int) -> dict:
     return _expect_error(lambda: distributed.hyperspherical_energy_and_grad(x, timeout=TIMEOUT))
 
 
-def _worker(rank: int, world: int, backend: str, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, backend: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     device = "cpu"
     if backend == "nccl":
@@ -288,13 +295,16 @@ def _worker(rank: int, world: int, backend: str, port: int, out_dir: str) -> Non
         device = f"cuda:{rank}"
     results = {}
     try:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        store = os.path.join(out_dir, "store")  # a file store: no port to race other programs for
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=60))
         results["energy"] = _energy_checks(rank, world, device)
         results["disagree"] = _disagreement_checks(rank, device)
         results["thomson"] = _thomson_check(rank, device)
         if world == 3:
             results["subgroup"] = _subgroup_check(rank, device)
+        if backend == "gloo" and world == 2:
+            results["thomson_cli"] = _thomson_cli_check(rank, out_dir)
         if backend == "gloo" and world == 2:
             results["ddp"] = _ddp_check(rank)
             results["stalled"] = _stalled_rank_check(rank, world)  # leaves the group unusable: last
@@ -307,18 +317,12 @@ def _worker(rank: int, world: int, backend: str, port: int, out_dir: str) -> Non
     os._exit(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=WORLDS)
 def world(request, tmp_path_factory):
     """(world size, per-rank results) of one spawn running every check."""
     backend, size = request.param
     out_dir = str(tmp_path_factory.mktemp(f"{backend}{size}"))
-    ctx = mp.spawn(_worker, args=(size, backend, _free_port(), out_dir), nprocs=size, join=False)
+    ctx = mp.spawn(_worker, args=(size, backend, out_dir), nprocs=size, join=False)
     deadline = time.monotonic() + 300  # a hang fails the tests instead of stalling CI
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
@@ -328,7 +332,7 @@ def world(request, tmp_path_factory):
     results = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(size)]
     for r, res in enumerate(results):
         assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
-    return size, results
+    return size, results, out_dir
 
 
 # ---------------------------------------------------------------- the tests
@@ -344,7 +348,7 @@ def _one_process(case: Case, x: torch.Tensor):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_energy_and_gradient_equal_one_process(world, case):
-    size, results = world
+    size, results, _ = world
     x, sizes = case.points(size)
     e_ref, g_ref = _one_process(case, x)
     pairs = num_pairs(sum(sizes), case.half_space) * (2 if case.batched else 1)
@@ -368,7 +372,7 @@ def _assert_rows_close(g, g_ref, dtype):
 
 
 def test_ranks_that_do_not_differentiate_still_serve_the_others(world):
-    size, results = world
+    size, results, _ = world
     case = CASES[1]
     x, sizes = case.points(size)
     e_ref, g_ref = _one_process(case, x)
@@ -392,7 +396,7 @@ def test_disagreeing_ranks_all_raise(world, name):
 
 
 def test_a_nan_row_on_one_rank_raises_on_every_rank(world):
-    size, results = world
+    size, results, _ = world
     for res in results:
         err = res["disagree"]["nan"]
         assert err["type"] == "ValueError"
@@ -400,7 +404,7 @@ def test_a_nan_row_on_one_rank_raises_on_every_rank(world):
 
 
 def test_a_bad_argument_on_one_rank_raises_on_every_rank(world):
-    size, results = world
+    size, results, _ = world
     for rank, res in enumerate(results):
         err = res["disagree"]["bad_argument"]
         assert err["type"] == "ValueError"
@@ -409,7 +413,7 @@ def test_a_bad_argument_on_one_rank_raises_on_every_rank(world):
 
 
 def test_a_stalled_or_failing_rank_makes_the_others_raise_in_bounded_time(world):
-    size, results = world
+    size, results, _ = world
     if "stalled" not in results[0] and "failing" not in results[0]:
         pytest.skip("the gloo worlds check it (NCCL's timeouts are its watchdog's)")
     key = "stalled" if size == 2 else "failing"
@@ -424,7 +428,7 @@ def test_a_stalled_or_failing_rank_makes_the_others_raise_in_bounded_time(world)
 
 @pytest.mark.parametrize("variant", [*DDP_VARIANTS, "replicated_energy"])
 def test_ddp_with_the_replicated_split_gives_the_one_process_gradient(world, variant):
-    size, results = world
+    size, results, _ = world
     if "ddp" not in results[0]:
         pytest.skip("the DDP checks run in the 2-rank gloo world")
     model = _ddp_model()
@@ -455,7 +459,7 @@ def test_the_regularizer_checks_its_distributed_setting():
 
 
 def test_a_subgroup_of_the_ranks(world):
-    size, results = world
+    size, results, _ = world
     if "subgroup" not in results[0]:
         pytest.skip("the 3-rank worlds check a group of ranks 0 and 2")
     e_ref, g_ref = _one_process(Case("sub", "g2", True), SUBGROUP_POINTS)
@@ -466,7 +470,7 @@ def test_a_subgroup_of_the_ranks(world):
 
 
 def test_the_thomson_evaluation_over_the_ranks_equals_the_op(world):
-    size, results = world
+    size, results, _ = world
     for (b, n, k, dtype, power), (energy, grad, energy2) in zip(THOMSON_CALLS, results[0]["thomson"]):
         x = _thomson_points(b, n, k, dtype)
         e_ref, g_ref = comhe_kernels.hyperspherical_energy_and_grad(x.double(), power, eps=0.0, reduction="none")
@@ -474,6 +478,34 @@ def test_the_thomson_evaluation_over_the_ranks_equals_the_op(world):
         assert_energy_close(energy, e_ref, dtype, num_pairs(n))
         assert_grad_close(grad, g_ref, dtype)
         torch.testing.assert_close(energy2, energy, rtol=0, atol=0)
+
+
+BEST_12 = 49.165253058  # the icosahedron (../shared/ANCHORS.md)
+
+
+def test_comhe_thomson_under_a_launcher_solves_on_rank_0(world):
+    size, results, out_dir = world
+    if "thomson_cli" not in results[0]:
+        pytest.skip("the 2-rank gloo world runs it")
+    assert [res["thomson_cli"] for res in results] == [0, 0]
+    points = np.load(os.path.join(out_dir, "thomson12.npy"))
+    assert abs(comhe_kernels.thomson.riesz_energy(points) - BEST_12) < 1e-8
+
+
+def test_comhe_thomson_nproc_2(tmp_path, capfd):
+    """The command line spawns the processes itself."""
+    out = tmp_path / "p.npy"
+    code = comhe_kernels.thomson.main(["12", "--nproc", "2", "--quiet", "--restarts", "2", "--patience", "1",
+                                       "--out", str(out)])
+    assert code == 0
+    assert abs(comhe_kernels.thomson.riesz_energy(np.load(out)) - BEST_12) < 1e-8
+    assert "energy        49.16525305" in capfd.readouterr().out
+
+
+def test_comhe_thomson_nproc_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        comhe_kernels.thomson.main(["12", "--nproc", "0"])
+    assert "--nproc must be >= 1" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- in this process

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
+import tempfile
 
 import torch
 import torch.distributed as dist
@@ -90,24 +90,22 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world_size, init_method, cli_main, argv, power, device, status):
+    """One process: rank 0 runs the command line with the sharded evaluation, the others serve.
+    ``init_method`` None: the process group is torchrun's (from the environment) or already made."""
     if device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", rank))
+        local = int(os.environ.get("LOCAL_RANK", rank or 0))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     elif init_method is not None:  # spawned here: the cores shared out
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if init_method is None:
-        dist.init_process_group(backend)
-    else:
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    own_group = not dist.is_initialized()
+    if own_group:
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if init_method is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
     try:
         if dist.get_rank() == 0:
             # Ctrl-C stops the solve (it keeps the best set); the launcher ignored it for all of them.
@@ -120,29 +118,36 @@ def _rank_main(rank, world_size, init_method, cli_main, argv, power, device, sta
             if status is not None:
                 status.value = code
             return code
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0's close() stops this rank
-        serve(power, device=device)
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0's close() stops this rank
+        try:
+            serve(power, device=device)
+        finally:
+            signal.signal(signal.SIGINT, handler)
         return 0
     finally:
-        dist.destroy_process_group()
+        if own_group:
+            dist.destroy_process_group()
 
 
 def launch(cli_main, argv: list[str] | None, nproc: int, device: str, power: float) -> int:
-    """Run ``cli_main(argv, energy_and_grad=...)`` on rank 0 of ``nproc`` processes
-    (or of torchrun's), the others serving; returns rank 0's exit status."""
+    """Run ``cli_main(argv, energy_and_grad=...)`` on rank 0 of ``nproc`` new processes,
+    or of the processes torchrun started (or of the process group this one is in), the
+    others serving; returns the exit status (rank 0's; 0 on the others)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if under_torchrun():
+    if under_torchrun() or dist.is_initialized():
         return _rank_main(None, None, None, cli_main, argv, power, device, None)
     if device == "cuda" and torch.cuda.device_count() < nproc:
         raise ValueError(f"--nproc {nproc} with --device cuda needs {nproc} CUDA devices, found "
                          f"{torch.cuda.device_count()}")
     status = mp.get_context("spawn").Value("i", 0)
-    init = f"tcp://127.0.0.1:{_free_port()}"
     ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 handles it and returns its status
-    try:
-        mp.spawn(_rank_main, args=(nproc, init, cli_main, argv, power, device, status), nprocs=nproc)
-    except mp.ProcessExitedException as e:  # rank 0 exited with an error status (it printed why)
-        return e.exit_code
-    finally:
-        signal.signal(signal.SIGINT, ctrl_c)
+    # The processes meet in a file store: no port to pick (and to lose to another program).
+    with tempfile.TemporaryDirectory(prefix="comhe-thomson-") as folder:
+        init = f"file://{os.path.join(folder, 'store')}"
+        try:
+            mp.spawn(_rank_main, args=(nproc, init, cli_main, argv, power, device, status), nprocs=nproc)
+        except mp.ProcessExitedException as e:  # rank 0 exited with an error status (it printed why)
+            return e.exit_code
+        finally:
+            signal.signal(signal.SIGINT, ctrl_c)
     return status.value

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..distributed import thomson as distributed_thomson
 from .evaluation import EnergyAndGrad
 from .solver import Interrupted, solve
 
@@ -59,9 +60,16 @@ def main(argv: list[str] | None = None, *, energy_and_grad: EnergyAndGrad | None
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the op runs (default cpu)")
     p.add_argument("--out", type=Path, default=None, help="write the points to this .npy or .csv file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes that share the energy's pairs (gloo on the CPU, NCCL with a GPU each; "
+                   "under torchrun its processes: docs/distributed.md) (default 1)")
     a = p.parse_args(argv)
     if a.out is not None:
         _check_out(p, a.out)
+    if a.nproc < 1:
+        p.error(f"--nproc must be >= 1, got {a.nproc}")
+    if energy_and_grad is None and (a.nproc > 1 or distributed_thomson.under_torchrun()):
+        return distributed_thomson.launch(main, argv, a.nproc, a.device, a.power)
     try:
         print(f"comhe-thomson: N = {a.n}, dim = {a.dim}, s = {a.power:g}, time limit {a.time_limit:g} s "
               "(Ctrl-C stops and keeps the best set so far)", flush=True)

@@ -12,10 +12,10 @@ import torch
 
 from ... import _extension
 from .._autograd import OpFunctions
-from .._registry import Backend, register
+from .._registry import Backend, constant_for_compile, register
 
 
-@torch._dynamo.assume_constant_result
+@constant_for_compile
 def _extension_error():
     """The extension's load status; torch.compile takes it as a constant
     instead of tracing the loader (file hashing, a possible build)."""
