@@ -7,6 +7,7 @@ Tolerances live in conftest.py (one table per dtype, with the reasoning).
 import math
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -716,3 +717,28 @@ def test_first_call_inside_torch_compile():
         "assert torch.allclose(f(x), ck.reference.hyperspherical_energy(x, 1), rtol=1e-12, atol=0)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+
+
+def test_a_build_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path):
+    """torch's FileBaton leaves its `lock` file when the building process is
+    killed, and every later build of that folder then waited forever (a CI run
+    stalled 90 minutes on one): the package's flock is released by the OS, and
+    under it the leftover file is removed; a live builder still makes the
+    next one wait."""
+    from comhe_kernels._extension import _build_lock
+
+    (tmp_path / "lock").touch()  # what a killed build leaves
+    with _build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(tmp_path / "build.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with _build_lock(tmp_path):
+            waited = time.monotonic() - start
+    finally:
+        holder.wait(timeout=30)
+    assert waited > 0.5, waited  # waited for the live holder, then went on
