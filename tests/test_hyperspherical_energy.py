@@ -15,6 +15,7 @@ import torch
 from conftest import (
     assert_energy_close,
     assert_grad_close,
+    child_env,
     cross_energy_and_grad,
     energy_and_grad,
     ill_conditioned,
@@ -708,7 +709,7 @@ def test_pair_math_contract_across_sets(dtype, fused_cross_backend):
                 assert_grad_close(gy, gy_ref, dtype, tol)
 
 
-def test_first_call_inside_torch_compile():
+def test_first_call_inside_torch_compile(tmp_path):
     """A fresh process whose first call of the op is compiled (fullgraph)."""
     code = (
         "import torch, comhe_kernels as ck\n"
@@ -716,7 +717,7 @@ def test_first_call_inside_torch_compile():
         "x = torch.randn(50, 8, dtype=torch.float64)\n"
         "assert torch.allclose(f(x), ck.reference.hyperspherical_energy(x, 1), rtol=1e-12, atol=0)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600, cwd=tmp_path, env=child_env())
 
 
 def test_a_build_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path):
