@@ -4,16 +4,14 @@ independence, opcheck. The op tests over every backend are in
 test_hyperspherical_energy.py and test_cross_energy.py; tolerances in conftest.py.
 """
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_energy_close, assert_grad_close, reference_cross_energy_and_grad
+from conftest import assert_energy_close, assert_grad_close, child_env, reference_cross_energy_and_grad
 
 import comhe_kernels
 from comhe_kernels import cross_energy_and_grad, num_cross_pairs
@@ -191,18 +189,12 @@ for name, call in zip(["hyperspherical_energy", "cross_energy"], calls):
 """
 
 
-def test_ctrl_c_interrupts_a_long_call():
+def test_ctrl_c_interrupts_a_long_call(tmp_path):
     """SIGINT during a long call of either op: KeyboardInterrupt within about a
     second (the kernel asks Python every 0.1 s between tasks of <= 1024 x 1024
     pairs), not when the call ends. One child for both ops (one import)."""
-    env = dict(os.environ)
-    root = str(Path(comhe_kernels.__file__).parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    info = comhe_kernels.build_info()
-    if info.get("how") == "jit":  # the child loads this process's build instead of compiling one
-        env["COMHE_KERNELS_CACHE"] = str(Path(info["build_dir"]).parent)
     child = subprocess.Popen([sys.executable, "-c", _LONG_CALLS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env,
+                             text=True, cwd=tmp_path, env=child_env(),
                              # a CI shell may start background jobs with SIGINT ignored
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
