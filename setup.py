@@ -11,9 +11,26 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "comhe_kernels"))
-from _build_flags import CUDA_ARCH_LIST_DEFAULT, SOURCE_SUFFIXES, cpu_flags, cuda_flags, sources  # noqa: E402
+from _build_flags import (  # noqa: E402
+    CUDA_ARCH_LIST_DEFAULT,
+    SOURCE_SUFFIXES,
+    build_levels,
+    cpu_flags,
+    cpu_levels,
+    cuda_flags,
+    level_flags,
+    sources,
+)
 
 sys.path.pop(0)
+
+# csrc/ ships inside the package for the just-in-time build: every source
+# file below it but the C++ unit tests.
+csrc_files = sorted(
+    p.relative_to(ROOT / "csrc").as_posix()
+    for p in (ROOT / "csrc").rglob("*")
+    if p.suffix in SOURCE_SUFFIXES and p.relative_to(ROOT / "csrc").parts[0] != "tests"
+)
 
 ext_modules, cmdclass, options = [], {}, {}
 try:
@@ -33,11 +50,24 @@ else:
         print("comhe-kernels: nvcc not found (set CUDA_HOME); building the CPU kernels only")
 
     class BuildWithInfo(BuildExtension):
-        """Records what was built next to the extension, shown when loading fails."""
+        """Compiles the CPU kernel's core once per ISA level and links those objects
+        in; records what was built next to the extension, shown when loading fails."""
+
+        def build_extensions(self):
+            cxx = " ".join(self.compiler.compiler_cxx)
+            objects = build_levels((Path(self.build_temp) / "levels").resolve(), ROOT / "csrc", cxx, self.verbose)
+            for ext in self.extensions:  # after the extension's own objects, in build_levels' order
+                ext.extra_objects = objects + list(ext.extra_objects or [])
+            super().build_extensions()
 
         def run(self):
             super().run()
-            info = {"how": "aot", "torch": torch.__version__, "flags": cpu_flags()}
+            info = {
+                "how": "aot",
+                "torch": torch.__version__,
+                "flags": cpu_flags(),
+                "levels": {lv.name: level_flags(lv) for lv in cpu_levels()},
+            }
             if with_cuda:
                 info.update(cuda=torch.version.cuda, cuda_flags=cuda_flags(), archs=os.environ["TORCH_CUDA_ARCH_LIST"])
             out = Path(self.build_lib) / "comhe_kernels" / "_build_info.json"
@@ -51,20 +81,13 @@ else:
             include_dirs=[str(ROOT / "csrc" / "include")],
             extra_compile_args={"cxx": cpu_flags(), "nvcc": cuda_flags()} if with_cuda else cpu_flags(),
             extra_link_args=["-fopenmp"],
+            depends=[f"csrc/{f}" for f in csrc_files],  # the headers and the core: a change relinks
             define_macros=[("Py_LIMITED_API", "0x03090000")],
             py_limited_api=True,
         )
     ]
     cmdclass = {"build_ext": BuildWithInfo}
     options = {"bdist_wheel": {"py_limited_api": "cp39"}}
-
-# csrc/ ships inside the package for the just-in-time build: every source
-# file below it but the C++ unit tests.
-csrc_files = sorted(
-    p.relative_to(ROOT / "csrc").as_posix()
-    for p in (ROOT / "csrc").rglob("*")
-    if p.suffix in SOURCE_SUFFIXES and p.relative_to(ROOT / "csrc").parts[0] != "tests"
-)
 
 setup(
     packages=find_packages(include=["comhe_kernels", "comhe_kernels.*"]) + ["comhe_kernels.csrc"],

@@ -10,6 +10,7 @@
 namespace comhe {
 namespace cpu {
 namespace detail {
+inline namespace COMHE_CPU_ISA {
 
 // The pair (row i of tile ta of A, row j of tile tb of Bp) of set b: its
 // energy, and with grad its terms alpha (u_i - u_j) + beta (u_i + u_j) into
@@ -46,6 +47,7 @@ double refine_pair(const Points<T>& A, int64_t ta, int i, const Points<T>& Bp, i
   return F;
 }
 
+}  // namespace COMHE_CPU_ISA
 }  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

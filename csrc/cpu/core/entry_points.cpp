@@ -1,12 +1,15 @@
-// The torch-free entry points of the CPU kernel (comhe/hyperspherical_energy.h,
-// comhe/cross_energy.h): the prologue, the report of non-finite rows, the
-// dispatch on the kind.
-#include "comhe/cross_energy.h"
+// The torch-free entry points of one ISA level's copy of the CPU kernel
+// (comhe/hyperspherical_energy.h, comhe/cross_energy.h, which call them
+// through the dispatcher, csrc/cpu/dispatch.cpp): the prologue, the report of
+// non-finite rows, the dispatch on the kind.
+#include "comhe/cpu_isa.h"
 #include "prologue_epilogue.h"
 #include "solve.h"
 
 namespace comhe {
 namespace cpu {
+namespace detail {
+inline namespace COMHE_CPU_ISA {
 
 namespace {
 
@@ -77,14 +80,16 @@ KernelStatus cross_energy(const T* x, const PointsLayout& layout_x, const T* y, 
   return status;
 }
 
-template KernelStatus hyperspherical_energy<float>(const float*, const PointsLayout&, const EnergyParams&, double*,
-                                                   float*, int, const Interrupt&);
-template KernelStatus hyperspherical_energy<double>(const double*, const PointsLayout&, const EnergyParams&,
-                                                    double*, double*, int, const Interrupt&);
-template KernelStatus cross_energy<float>(const float*, const PointsLayout&, const float*, const PointsLayout&,
-                                          const EnergyParams&, double*, float*, float*, int, const Interrupt&);
-template KernelStatus cross_energy<double>(const double*, const PointsLayout&, const double*, const PointsLayout&,
-                                           const EnergyParams&, double*, double*, double*, int, const Interrupt&);
+// This level's entry in the dispatcher's table.
+extern const IsaLevel isa_level;
+const IsaLevel isa_level = {kIsaName,
+                            kIsaFeatures,
+                            &hyperspherical_energy<float>,
+                            &hyperspherical_energy<double>,
+                            &cross_energy<float>,
+                            &cross_energy<double>};
 
+}  // namespace COMHE_CPU_ISA
+}  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

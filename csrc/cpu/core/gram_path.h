@@ -12,6 +12,7 @@
 namespace comhe {
 namespace cpu {
 namespace detail {
+inline namespace COMHE_CPU_ISA {
 
 // One side of a tile pair's gradient: v[c][j] += sum_{i < n} u[c][i] M[i][j]
 // for all coordinates c and the TS points j, with M = W (the column side,
@@ -246,6 +247,7 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
   return energy;
 }
 
+}  // namespace COMHE_CPU_ISA
 }  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

@@ -20,6 +20,7 @@
 namespace comhe {
 namespace cpu {
 namespace detail {
+inline namespace COMHE_CPU_ISA {
 
 // Normalize row i of set b into its tile; false if it holds NaN or Inf.
 template <class T>
@@ -115,6 +116,7 @@ void epilogue_row(const Points<T>& p, int64_t flat, double dself, double share, 
   for (int64_t c = 0; c < k; ++c) g[c] = T(scale * (v(c) - radial * (double(xr[c * sk]) * inv_r)));
 }
 
+}  // namespace COMHE_CPU_ISA
 }  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

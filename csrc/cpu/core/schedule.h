@@ -24,6 +24,7 @@
 namespace comhe {
 namespace cpu {
 namespace detail {
+inline namespace COMHE_CPU_ISA {
 
 // All tile pairs between super-tile S of A and super-tile Sb of Bp, set b;
 // diag: the same super-tile of the same set (its pairs i < j).
@@ -257,6 +258,7 @@ void solve_cross(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* grad_
   });
 }
 
+}  // namespace COMHE_CPU_ISA
 }  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

@@ -29,6 +29,7 @@
 namespace comhe {
 namespace cpu {
 namespace detail {
+inline namespace COMHE_CPU_ISA {
 
 constexpr int kSmallRows = 2;
 
@@ -200,6 +201,7 @@ double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int6
   return energy;
 }
 
+}  // namespace COMHE_CPU_ISA
 }  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

@@ -12,6 +12,7 @@
 namespace comhe {
 namespace cpu {
 namespace detail {
+inline namespace COMHE_CPU_ISA {
 
 // Whether a call is to stop early: thread 0, the calling thread (OpenMP
 // makes the encountering thread the team's thread 0), asks the caller's
@@ -75,6 +76,7 @@ extern template void solve_cross<float, Kind::Gaussian>(Points<float>&, Points<f
 extern template void solve_cross<double, Kind::Gaussian>(Points<double>&, Points<double>&, double*, double*, double*,
                                                          int, Stop&);
 
+}  // namespace COMHE_CPU_ISA
 }  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

@@ -21,10 +21,12 @@
 #include <vector>
 
 #include "comhe/hyperspherical_energy.h"
+#include "isa_level.h"
 
 namespace comhe {
 namespace cpu {
 namespace detail {
+inline namespace COMHE_CPU_ISA {  // this ISA level's copy of the core (isa_level.h)
 
 using simd::load;
 using simd::store;
@@ -191,6 +193,7 @@ struct Points {
   int rows_in(int64_t t) const { return int(std::min<int64_t>(TS, L.N - t * TS)); }
 };
 
+}  // namespace COMHE_CPU_ISA
 }  // namespace detail
 }  // namespace cpu
 }  // namespace comhe

@@ -2,9 +2,10 @@
 // elementary functions the energies need (twice_rsqrt, log, exp, atan2 of
 // non-negative arguments), branch-free so that one code path serves all lanes.
 //
-// The vector width is the build machine's (-march=native): 64 bytes with
-// AVX-512, 32 with AVX/AVX2, 16 otherwise (SSE2, NEON). Host only: CUDA code
-// uses the scalar overloads in pair_energy.h.
+// The vector width is the translation unit's, from its -march (one per ISA
+// level of the core: comhe/cpu_isa.h): 64 bytes with AVX-512, 32 with
+// AVX/AVX2, 16 otherwise (SSE4.2, NEON). Host only: CUDA code uses the scalar
+// overloads in pair_energy.h.
 #pragma once
 
 #include <cmath>
@@ -25,8 +26,19 @@
 #define COMHE_VBYTES 16
 #endif
 
+// Each level's copy of these functions is its own: the same C++ names with
+// other widths and instructions (Mask<float>::all() returns a 16-bit mask
+// with AVX-512, a vector of 8 lanes with AVX2), in an inline namespace named
+// after the level; `host` outside the core (the ATen glue, which uses none).
+#if defined(COMHE_CPU_ISA)
+#define COMHE_SIMD_LEVEL COMHE_CPU_ISA
+#else
+#define COMHE_SIMD_LEVEL host
+#endif
+
 namespace comhe {
 namespace simd {
+inline namespace COMHE_SIMD_LEVEL {
 
 typedef float vfloat __attribute__((vector_size(COMHE_VBYTES)));
 typedef double vdouble __attribute__((vector_size(COMHE_VBYTES)));
@@ -395,5 +407,6 @@ inline V atan2_nonneg(V p, V q) {
 inline vfloat atan2_nonneg(vfloat p, vfloat q) { return atan2_nonneg<vfloat, float, 9>(p, q); }
 inline vdouble atan2_nonneg(vdouble p, vdouble q) { return atan2_nonneg<vdouble, double, 20>(p, q); }
 
+}  // namespace COMHE_SIMD_LEVEL
 }  // namespace simd
 }  // namespace comhe
