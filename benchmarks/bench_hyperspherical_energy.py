@@ -12,7 +12,7 @@ GEMM peak and the acceptance targets, use the comhe-bench command.
 
 import pytest
 
-from comhe_kernels.bench.cases import BenchOptions, Case, make_points
+from comhe_kernels.bench.cases import BenchOptions, Case, make_inputs
 from comhe_kernels.bench.oracle import check_result, compute_oracle
 from comhe_kernels.bench.providers import default_providers
 
@@ -25,20 +25,20 @@ CASES = [Case(n, k) for n in (512, 2048) for k in (3, 32)]
 @pytest.mark.parametrize("name", ["reference", "chunked", "keops", "cpu"])
 def test_energy_and_gradient(benchmark, name, case):
     provider = PROVIDERS[name]
-    why = provider.unavailable_reason(case.device)
+    why = provider.unavailable_reason(case.op, case.device)
     if why is not None:
         pytest.skip(why)
-    x = make_points(case).requires_grad_()
-    fn = provider.build(case, OPTIONS, x)
+    (x,) = inputs = tuple(t.requires_grad_() for t in make_inputs(case))
+    fn = provider.build(case, OPTIONS, inputs)
 
     def energy_and_grad():
         x.grad = None
         energy = fn(x)
         energy.backward()
-        return energy.detach(), x.grad
+        return energy.detach(), (x.grad,)
 
-    energy, grad = energy_and_grad()
-    e_err, g_err, passed = check_result(case, compute_oracle(case, OPTIONS), float(energy), grad)
+    energy, grads = energy_and_grad()
+    e_err, g_err, passed = check_result(case, compute_oracle(case, OPTIONS), float(energy), grads)
     if not provider.naive_math:
         assert passed, f"{name}: energy error {e_err:.2e}, gradient error {g_err:.2e}"
     benchmark.group = f"N={case.n} k={case.k} float32 fwd+bwd"

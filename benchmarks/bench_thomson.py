@@ -6,6 +6,7 @@ Sweeps (the issue's quality goals):
     python benchmarks/bench_thomson.py table --ns 101-200 --out benchmarks/results/thomson_101_200.csv
     python benchmarks/bench_thomson.py polytopes --out benchmarks/results/thomson_polytopes.csv
     python benchmarks/bench_thomson.py large --ns 10000 --time-limit 840 --out benchmarks/results/thomson_large.csv
+    python benchmarks/bench_thomson.py large --ns 20000,50000,200000 --time-limit 2 --out benchmarks/results/thomson_time_limits.csv
     python benchmarks/bench_thomson.py summary benchmarks/results/thomson_*.csv
 
 "table" compares with the shipped best-known table (dim 3, s = 1); "polytopes"
@@ -115,6 +116,7 @@ def _row(r: thomson.ThomsonResult, reference: float | None, label: str, **extra)
         "local_minimizations": r.local_minimizations,
         "distinct_minima": r.distinct_minima,
         "evaluations": r.evaluations,
+        "longest_call": f"{r.longest_call:.3f}",
         "load_average": f"{os.getloadavg()[0]:.2f}",
         **extra,
     }

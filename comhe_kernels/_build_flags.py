@@ -32,3 +32,18 @@ def cpu_flags() -> list:
     """
     arch = os.environ.get("COMHE_CPU_ARCH", "native")
     return ["-O3", "-fopenmp", f"-march={arch}", "-fno-math-errno", "-ffp-contract=fast"]
+
+
+# The CUDA build (csrc/cuda, a CUDA torch and nvcc only): the GPUs it targets
+# unless TORCH_CUDA_ARCH_LIST says otherwise: sm_80 machine code and PTX
+# (which newer GPUs compile at load), sm_90a for Hopper (its own machine code;
+# "9.0a+PTX" would be PTX that only sm_90 can run). Set because torch's default
+# reads the visible GPUs, and a build machine may have none.
+CUDA_ARCH_LIST_DEFAULT = "8.0+PTX;9.0a"
+
+
+def cuda_flags() -> list:
+    """nvcc flags of the CUDA kernels. No --use_fast_math: like the CPU build,
+    the kernels rely on IEEE inf/NaN, division and their sums' order; the one
+    approximate function they use (rsqrt, 2 ulp) is chosen in pair_energy.h."""
+    return ["-O3", "-lineinfo"]

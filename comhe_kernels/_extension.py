@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._build_flags import SOURCE_SUFFIXES, cpu_flags, sources
+from ._build_flags import CUDA_ARCH_LIST_DEFAULT, SOURCE_SUFFIXES, cpu_flags, cuda_flags, sources
 
 _PKG = Path(__file__).resolve().parent
 # csrc/ ships inside the package (installed) or sits beside it (source tree).
@@ -55,7 +55,13 @@ def _jit_build() -> dict:
     if not cpp_extension.is_ninja_available():
         raise RuntimeError("ninja is needed to build the kernels on first use: `pip install ninja`")
     flags = cpu_flags()
-    key = _source_hash(flags)
+    # csrc/cuda too where torch is a CUDA build and nvcc exists (minutes: 11 nvcc translation units)
+    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    cuda = []
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", CUDA_ARCH_LIST_DEFAULT)
+        cuda = cuda_flags() + [f"archs={os.environ['TORCH_CUDA_ARCH_LIST']}"]
+    key = _source_hash(flags + cuda)
     cache = Path(os.environ.get("COMHE_KERNELS_CACHE", Path.home() / ".cache" / "comhe_kernels"))
     build_dir = cache / f"{key}-torch{torch.__version__.replace('+', '_')}"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -67,12 +73,15 @@ def _jit_build() -> dict:
         "flags": flags,
         "machine": platform.machine(),
     }
+    if with_cuda:
+        info.update(cuda=torch.version.cuda, cuda_flags=cuda_flags(), archs=os.environ["TORCH_CUDA_ARCH_LIST"])
     start = time.perf_counter()
     cpp_extension.load(
         name=f"comhe_kernels_{key}",
-        sources=[str(p) for p in sources(CSRC)],
+        sources=[str(p) for p in sources(CSRC, cuda=with_cuda)],
         extra_include_paths=[str(CSRC / "include")],
         extra_cflags=flags,
+        extra_cuda_cflags=cuda_flags() if with_cuda else None,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
         is_python_module=False,

@@ -82,7 +82,7 @@ def parse_power(power) -> tuple[str, float]:
     if not _finite(s) or s < 0:
         raise ValueError(f"power must be finite and >= 0 (0 is the log energy), got {power!r}")
     if kind == "gaussian" and s == 0:
-        raise ValueError(f"the Gaussian kind needs t > 0 (f = exp(-t d^2)), got {power!r}")
+        raise ValueError(f"power {power!r}: the Gaussian kind needs t > 0 (f = exp(-t d^2))")
     return kind, s
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._spec import check_finite
+from ._spec import check_finite, upcast
+from .reference import normalize
 
 
 def neurons(weight: torch.Tensor) -> torch.Tensor:
@@ -59,11 +60,6 @@ def gaussian_projections(
     return torch.randn(num_proj, proj_dim, fan_in, generator=generator, device=device, dtype=dtype)
 
 
-def _unit_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x_i / sqrt(||x_i||^2 + eps): the original code's normalization (``cal``)."""
-    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
-
-
 def angle_preservation_loss(
     weight: torch.Tensor, projection: torch.Tensor, *, eps: float = 1e-4, method: str = "gram"
 ) -> torch.Tensor:
@@ -85,18 +81,23 @@ def angle_preservation_loss(
     at N = 10^5 classes the N x N float32 matrix alone would take 40 GB.
     method="naive" forms both N x N matrices (the original code; for tests).
 
+    The rows are normalized as the op does (``comhe_kernels.reference.normalize``,
+    the original's ``cal``). 16-bit inputs are computed in float32, as by the
+    op: the three Gram terms cancel to O(N^2 / pd), which float16's 2^-11
+    would not resolve.
+
     Args:
         weight: (N, k) neurons, or a layer weight (out, ...) (reshaped).
         projection: (pd, k).
     """
     if method not in ("gram", "naive"):
         raise ValueError(f"method must be 'gram' or 'naive', got {method!r}")
-    w = neurons(weight)
+    w = upcast(neurons(weight))
     if projection.dim() != 2:
         raise ValueError(f"projection must have shape (pd, k), got shape {tuple(projection.shape)}")
     check_finite(w)
-    u = _unit_rows(w, eps)
-    v = _unit_rows(project(w, projection), eps)
+    u, _ = normalize(w, eps)
+    v, _ = normalize(project(w, upcast(projection)), eps)
     if method == "naive":
         return torch.linalg.matrix_norm(v @ v.T - u @ u.T)
     n, k = u.shape

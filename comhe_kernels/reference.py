@@ -80,12 +80,12 @@ def pair_energy(d2, d2p, spec: EnergySpec, sqrt=lambda v: v.sqrt()):
 def normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """u = x / sqrt(||x||^2 + eps) and a = eps / (||x||^2 + eps), row-wise.
 
-    A row whose largest entry exceeds 1 is first divided by the power of two
-    m above it (exact, and u does not change): ||x||^2 itself overflows from
-    |x| ~ 1.8e19 in float32 and 1e154 in float64. m is a constant for
-    autograd, as u does not depend on it.
+    A row whose largest entry exceeds 1 is first divided by the largest power
+    of two m below that entry (exact, and u does not change; m itself never
+    overflows): ||x||^2 overflows from |x| ~ 1.8e19 in float32 and 1e154 in
+    float64. m is a constant for autograd, as u does not depend on it.
     """
-    exponent = torch.frexp(x.detach().abs().amax(-1, keepdim=True)).exponent.clamp_min(0)
+    exponent = (torch.frexp(x.detach().abs().amax(-1, keepdim=True)).exponent - 1).clamp_min(0)
     m = torch.ldexp(torch.ones_like(x[..., :1]), exponent)
     xs = x / m
     e = eps / m.square()

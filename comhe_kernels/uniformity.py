@@ -1,104 +1,101 @@
-"""Two sphere-uniformity objectives that are not sums of f(pair): plain PyTorch,
-row-chunked, memory O(chunk * N) instead of O(N^2). NOT fused.
+"""Two sphere-uniformity objectives beyond MHE.
 
 * ``uniformity_loss``: Wang & Isola (ICML 2020), log mean_{i<j} exp(-t d_ij^2).
-  The log of a mean is not a pair sum, and exp(-t d^2) is not one of the op's
-  energies (chordal Riesz/log, angular). A kernel kind f = exp(-t d^2) in the
-  op would give the inner sum, fused; the log is then one scalar op.
+  The mean is a pair sum, the op's Gaussian kind (power "g<t>",
+  f = exp(-t d2)); the log is one scalar op on it. Fused: O(N k) memory.
 * ``min_pairwise_distance``: MHS (wy1iu/Sphere-Uniformity, AISTATS 2021),
-  maximize min_{i<j} d_ij. A max-min is not a sum; its (sub)gradient touches
-  one pair. A fused version would be a tiled argmax-reduction kernel.
+  maximize min_{i<j} d_ij. A max-min is not a sum of f(pair), and its
+  (sub)gradient touches one pair: plain PyTorch over row blocks, memory
+  O(chunk * N). A fused version would be a tiled argmax-reduction kernel.
 
-Both normalize rows as the op does, u = x / sqrt(||x||^2 + eps), and use its
-squared distance d^2 = 2 - 2 u_i.u_j (eps = 0: exactly x / ||x||).
+Both normalize rows as the op does, u = x / sqrt(||x||^2 + eps)
+(``comhe_kernels.reference.normalize``), with the squared distance
+d^2 = ||u_i - u_j||^2 + a_i + a_j = 2 - 2 u_i.u_j (eps = 0: exactly x / ||x||).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
+import torch.nn.functional as F
 
-from ._spec import check_finite, check_points
+from ._spec import check_finite, check_points, num_pairs
+from .ops.hyperspherical_energy import hyperspherical_energy
 from .reference import normalize
 
-__all__ = ["uniformity_loss", "min_pairwise_distance"]
+__all__ = ["uniformity_loss", "min_pairwise_distance", "wang_isola_uniformity"]
 
-# Rows per chunk: chunk * N elements of the cosine block (2^22 float32 = 16 MiB).
-_BLOCK_ELEMENTS = 1 << 22
+# float32 holds exp(-t d2) >= exp(-4 t) (d2 <= 4) as a normal number, with
+# ten orders of magnitude to spare for the gradient's products, while
+# 4 t <= 64 (exp(-64) = 1.6e-28; float32's normal range ends at 1.2e-38).
+# Beyond, the sets are computed in float64 (the CPU kernel computes the
+# Gaussian kind with t > 4 from float64 anyway: no extra cost there).
+_FLOAT32_MAX_T = 16.0
+# Where exp(-t d2) leaves float64's normal range for every pair (t d2 > 708,
+# 2.2e-308) the sum loses its digits and then underflows to 0 (t d2 > 745):
+# the loss would be wrong or -inf. Only t > 708 / 4 can get there.
+_FLOAT64_MAX_TD2 = 708.0
+
+
+def wang_isola_uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Wang and Isola's published formula, O(N^2) memory: the oracle of the
+    tests and the baseline of the benchmarks (x (N, k), normalized here)."""
+    return torch.pdist(F.normalize(x, dim=-1), p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, eps: float = 1e-4, backend: str = "auto") -> torch.Tensor:
+    r"""Wang & Isola's uniformity loss of the rows of ``x``: (N, k) -> 0-dim, (B, N, k) -> (B,).
+
+        L = log( mean_{i<j} exp(-t d_ij^2) ),   d_ij^2 = ||u_i - u_j||^2 + a_i + a_j
+
+    Lower is more uniform; t = 2 as in the paper; any t > 0. The mean is the
+    op's Gaussian energy (``power=f"g{t}"``), fused: forward and backward in
+    one kernel call, O(N k) memory, no N(N-1)/2 vector. With eps = 0 it is
+    Wang and Isola's formula on unit rows::
+
+        torch.pdist(F.normalize(x, dim=1), p=2).pow(2).mul(-t).exp().mean().log()
+
+    (``wang_isola_uniformity``), except that a zero row counts as orthogonal
+    to every row (d^2 = 2, the op's convention) where F.normalize leaves it
+    at the centre (d^2 = 1). Batched input gives each set's loss, from one
+    op call. The result has x's dtype; 16-bit input is computed in float32,
+    and t > 16 in float64, so that exp(-t d2) never underflows float32.
+
+    The op sums the pairs in float64, so the log of the mean is exact
+    wherever exp(-t d2) is a normal float64 for some pair (t d2 < 708; for
+    t <= 177 every pair is). Where t d2 > 708 for every pair of a set the
+    mean has lost its digits (and is 0, the loss -inf, from t d2 > 745):
+    that is a ValueError naming the set, as no finite loss can be
+    returned; lower t.
+    """
+    check_points(x)
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (0 < t < math.inf):
+        raise ValueError(f"t must be a finite number > 0, got {t!r}")
+    t = float(t)
+    n = x.shape[-2]
+    if n < 2:
+        raise ValueError(f"the uniformity loss needs N >= 2 points (a mean over pairs), got N = {n}")
+    work = torch.float64 if x.dtype == torch.float64 or t > _FLOAT32_MAX_T else torch.float32
+    # per-set sums in float64 for t > 16, and >= exp(-64) per pair in float32 otherwise
+    energy = hyperspherical_energy(x.to(work), f"g{t!r}", reduction="none", eps=eps, backend=backend)
+    if 4 * t > _FLOAT64_MAX_TD2:
+        low = (energy < torch.finfo(torch.float64).tiny).nonzero()
+        if len(low):
+            raise ValueError(
+                f"uniformity_loss: exp(-t d2) is below float64's normal range for every pair of set "
+                f"{int(low[0, 0]) if energy.dim() else 0} (t d2 > {_FLOAT64_MAX_TD2:g} with t = {t:g}): "
+                "the loss would be wrong or -inf; lower t"
+            )
+    return (energy.log() - math.log(num_pairs(n))).to(x.dtype)
 
 
 def _row_chunks(n: int, chunk_size: int | None):
-    step = chunk_size or max(1, _BLOCK_ELEMENTS // max(n, 1))
+    # Rows per chunk: chunk * N elements of the cosine block (2^22 float32 = 16 MiB).
+    step = chunk_size or max(1, (1 << 22) // max(n, 1))
     for r0 in range(0, n, step):
         yield r0, min(n, r0 + step)
-
-
-class _LogSumExpGaussian(torch.autograd.Function):
-    """log sum_{i != j} exp(-t (2 - 2 u_i.u_j)), chunked forward and backward.
-
-    Backward recomputes each block (as FlashAttention does) instead of storing
-    the N x N weights: dL/du_i = 4 t sum_j w_ij u_j, w_ij = exp(z_ij - L), as
-    z_ij = z_ji and dz_ij/du_i = 2 t u_j.
-    """
-
-    @staticmethod
-    def _logits(u, r0, r1, t):
-        z = (2 * t) * (u[r0:r1] @ u.T) - 2 * t
-        idx = torch.arange(r0, r1, device=u.device)
-        z[idx - r0, idx] = -math.inf  # i = j is no pair
-        return z
-
-    @staticmethod
-    def forward(ctx, u, t, chunk_size):
-        n = u.shape[0]
-        m = torch.tensor(-math.inf, dtype=torch.float64, device=u.device)
-        s = torch.zeros((), dtype=torch.float64, device=u.device)
-        for r0, r1 in _row_chunks(n, chunk_size):  # online log-sum-exp
-            z = _LogSumExpGaussian._logits(u, r0, r1, t)
-            bm = torch.maximum(m, z.max().double())
-            s = s * torch.exp(m - bm) + torch.exp(z.double() - bm).sum()
-            m = bm
-        lse = m + torch.log(s)
-        ctx.save_for_backward(u, lse)
-        ctx.t, ctx.chunk_size = t, chunk_size
-        return lse.to(u.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        u, lse = ctx.saved_tensors
-        grad = torch.empty_like(u)
-        for r0, r1 in _row_chunks(u.shape[0], ctx.chunk_size):
-            w = torch.exp(_LogSumExpGaussian._logits(u, r0, r1, ctx.t) - lse.to(u.dtype))
-            grad[r0:r1] = w @ u
-        return grad * (4 * ctx.t * grad_out), None, None
-
-
-def uniformity_loss(x: torch.Tensor, t: float = 2.0, *, eps: float = 1e-4, chunk_size: int | None = None) -> torch.Tensor:
-    r"""Wang & Isola's uniformity loss of the rows of ``x`` (N, k):
-
-        L = log( mean_{i<j} exp(-t d_ij^2) ),   d_ij^2 = 2 - 2 u_i.u_j
-
-    Lower is more uniform; t = 2 as in the paper. Equivalent to (for unit rows, eps = 0)::
-
-        torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
-
-    but without the N(N-1)/2 vector: forward and backward go over row blocks
-    of ``chunk_size`` rows (default: 2^22 / N), so N = 10^5 embeddings need
-    ~16 MiB of scratch instead of 20 GB. Plain PyTorch (three N^2 k matmul
-    passes), not the fused op; see the module docstring.
-    """
-    check_points(x)
-    if x.dim() != 2:
-        raise ValueError(f"x must have shape (N, k), got shape {tuple(x.shape)}")
-    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
-        raise ValueError(f"t must be a finite number > 0, got {t!r}")
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError(f"the uniformity loss needs N >= 2 points (a mean over pairs), got N = {n}")
-    check_finite(x)
-    u, _ = normalize(x, eps)
-    return _LogSumExpGaussian.apply(u, float(t), chunk_size) - math.log(n * (n - 1))
 
 
 def min_pairwise_distance(
@@ -111,9 +108,10 @@ def min_pairwise_distance(
     (i, -i) have d = 2), i.e. min over i != j of sqrt(2 - 2 |u_i.u_j|). The
     angle is 2 asin(d / 2).
 
-    The closest pair is found without gradient over row blocks (memory
-    O(chunk * N)); d of that pair is then recomputed differentiably from the
-    difference form ||u_i - u_j||^2 + a_i + a_j (a = eps / (||x||^2 + eps), as
+    Not a pair sum, so not the fused op: plain PyTorch. The closest pair is
+    found without gradient over row blocks (memory O(chunk * N)); d of that
+    pair is then recomputed differentiably from the difference form
+    ||u_i - u_j||^2 + a_i + a_j (a = eps / (||x||^2 + eps), as
     comhe_kernels.reference), so its gradient is exact: the subgradient of
     the min, which reaches only the two rows of the closest pair.
     """

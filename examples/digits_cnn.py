@@ -171,17 +171,18 @@ def original_gram_form():
     """Inside: the regularizers compute every energy with the original code's
     formula (normalize, W W^T, 2 - 2c, N x N elementwise, masked sum; autograd
     backward), i.e. comhe_kernels.reference with exact=False, instead of the op.
-    Benchmark only: this is the naive code researchers run today."""
-    op = regularizers.hyperspherical_energy
+    Benchmark only: this is the naive code researchers run today. Every
+    energy of the regularizers is one call of the op in regularizers/energy.py."""
+    op = regularizers.energy.hyperspherical_energy
 
     def gram_form(x, power, *, backend, **kwargs):
         return reference.hyperspherical_energy(x, power, exact=False, **kwargs)
 
-    regularizers.hyperspherical_energy = gram_form
+    regularizers.energy.hyperspherical_energy = gram_form
     try:
         yield
     finally:
-        regularizers.hyperspherical_energy = op
+        regularizers.energy.hyperspherical_energy = op
 
 
 # timing column -> (regularizer backend, use the original gram-form code)

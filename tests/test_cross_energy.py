@@ -14,7 +14,6 @@ from conftest import (
     assert_energy_close,
     assert_grad_close,
     cross_energy_and_grad,
-    fused_contract_only,
     reference_cross_energy_and_grad,
 )
 
@@ -29,11 +28,11 @@ SIZES = [(1, 1), (2, 3), (19, 97), (130, 7), (64, 65)]
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("n, m", SIZES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_reference(power, half_space, n, m, dtype, cross_backend):
+def test_matches_reference(power, half_space, n, m, dtype, fused_cross_backend):
     k = 3 if n > 100 else 5
     x, y = torch.randn(2, n, k, dtype=dtype), torch.randn(2, m, k, dtype=dtype)
     kw = dict(half_space=half_space, reduction="none")
-    e, gx, gy = cross_energy_and_grad(x, y, power, backend=cross_backend, **kw)
+    e, gx, gy = cross_energy_and_grad(x, y, power, backend=fused_cross_backend, **kw)
     e_ref, gx_ref, gy_ref = reference_cross_energy_and_grad(x, y, power, **kw)
     assert e.dtype == dtype and gx.dtype == dtype and gy.dtype == dtype
     assert_energy_close(e, e_ref, dtype, num_cross_pairs(n, m, half_space))
@@ -60,9 +59,8 @@ def test_the_union_splits_into_sets_and_cross(k, power, cross_backend):
 
 @pytest.mark.parametrize("power", [1, 2, "a1", "g2"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_close_coincident_and_antipodal_pairs_between_the_sets(power, dtype, cross_backend):
+def test_close_coincident_and_antipodal_pairs_between_the_sets(power, dtype, fused_cross_backend):
     """y holds near copies, exact copies, near and exact antipodes of rows of x."""
-    fused_contract_only(cross_backend, dtype)
     x = torch.randn(50, 4, dtype=torch.float64)
     y = torch.randn(40, 4, dtype=torch.float64)
     y[0] = x[0] + 1e-7
@@ -74,7 +72,7 @@ def test_close_coincident_and_antipodal_pairs_between_the_sets(power, dtype, cro
     x, y = x.to(dtype), y.to(dtype)
     for half_space in (False, True):
         kw = dict(half_space=half_space, reduction="sum")
-        e, gx, gy = cross_energy_and_grad(x, y, power, backend=cross_backend, **kw)
+        e, gx, gy = cross_energy_and_grad(x, y, power, backend=fused_cross_backend, **kw)
         e_ref, gx_ref, gy_ref = reference_cross_energy_and_grad(x, y, power, **kw)
         assert torch.isfinite(e) and torch.isfinite(gx).all() and torch.isfinite(gy).all()
         assert_energy_close(e, e_ref, dtype, num_cross_pairs(50, 40, half_space))
@@ -165,6 +163,7 @@ def test_forward_mode_and_function_transforms(fused_cross_backend):
 def test_torch_compile_fullgraph(cross_backend):
     if cross_backend.device == "cpu" and cross_backend.name == "triton":
         pytest.skip("torch.compile over a Triton op on CPU tensors fails in fake-tensor tracing: a GPU test")
+    torch._dynamo.reset()  # the code object below is compiled anew for each case, within the recompile limit
     x = cross_backend.on(torch.randn(30, 5)).requires_grad_()
     y = cross_backend.on(torch.randn(20, 5)).requires_grad_()
 

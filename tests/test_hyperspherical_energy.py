@@ -5,14 +5,19 @@ Tolerances live in conftest.py (one table per dtype, with the reasoning).
 """
 
 import math
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 from conftest import (
     assert_energy_close,
     assert_grad_close,
+    cross_energy_and_grad,
     energy_and_grad,
-    fused_contract_only,
+    ill_conditioned,
+    reference_cross_energy_and_grad,
     reference_energy_and_grad,
 )
 
@@ -40,11 +45,11 @@ def op(x, kind="chordal", s=1.0, half=False, eps=1e-4, delta=1e-4, grad=True):
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("n", RAGGED_N)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_reference(power, half_space, n, dtype, backend):
+def test_matches_reference(power, half_space, n, dtype, fused_backend):
     k = 3 if n > 100 else 5
     x = torch.randn(2, n, k, dtype=dtype)
     kw = dict(half_space=half_space, reduction="none")
-    e, g = energy_and_grad(x, power, backend=backend, **kw)
+    e, g = energy_and_grad(x, power, backend=fused_backend, **kw)
     e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
     assert e.dtype == dtype and g.dtype == dtype
     assert_energy_close(e, e_ref, dtype, num_pairs(n, half_space))
@@ -53,12 +58,12 @@ def test_matches_reference(power, half_space, n, dtype, backend):
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7, 8, 9, 16, 33, 70])
 @pytest.mark.parametrize("power", [1, "a2"])
-def test_every_coordinate_path(k, power, backend):
+def test_every_coordinate_path(k, power, fused_backend):
     """k <= 8 takes the fused one-pass path (3, 4 and 8 wide), larger k the tile
     GEMMs (the row side on the transposed weight tile)."""
     x = torch.randn(3, 150, k, dtype=torch.float64)
     for half_space in (False, True):
-        e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend=backend)
+        e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend=fused_backend)
         e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="none")
         assert_energy_close(e, e_ref, torch.float64, num_pairs(150, half_space))
         assert_grad_close(g, g_ref, torch.float64)
@@ -66,10 +71,10 @@ def test_every_coordinate_path(k, power, backend):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("batched", [False, True])
-def test_reductions(reduction, batched, backend):
+def test_reductions(reduction, batched, fused_backend):
     x = torch.randn(3, 40, 6, dtype=torch.float64) if batched else torch.randn(40, 6, dtype=torch.float64)
     for half_space in (False, True):
-        e = run(backend, x, 2, half_space=half_space, reduction=reduction)
+        e = run(fused_backend, x, 2, half_space=half_space, reduction=reduction)
         e_ref = comhe_kernels.reference.hyperspherical_energy(x, 2, half_space=half_space, reduction=reduction)
         assert e.shape == e_ref.shape == ((3,) if batched and reduction == "none" else ())
         assert_energy_close(e, e_ref, torch.float64, num_pairs(40, half_space))
@@ -90,7 +95,7 @@ def test_reductions_relate():
 # ---- layouts ------------------------------------------------------------------
 
 
-def test_strided_inputs(backend):
+def test_strided_inputs(fused_backend):
     """The op reads any strides. The views are taken of a leaf on the
     backend's device, so that they reach the op as they are (a clone of a
     non-dense view would be contiguous); the gradient is checked through
@@ -104,12 +109,12 @@ def test_strided_inputs(backend):
     }
     kw = dict(half_space=True, reduction="none")
     for name, view in views.items():
-        base = backend.on(base0).requires_grad_()
+        base = fused_backend.on(base0).requires_grad_()
         x = view(base)
         assert name == "transposed storage" or not x.is_contiguous()
-        e = hyperspherical_energy(x, "a1", backend=backend.name, **kw)
+        e = hyperspherical_energy(x, "a1", backend=fused_backend.name, **kw)
         (g,) = torch.autograd.grad(e.sum(), base)
-        e_direct, g_direct = comhe_kernels.hyperspherical_energy_and_grad(x.detach(), "a1", backend=backend.name, **kw)
+        e_direct, g_direct = comhe_kernels.hyperspherical_energy_and_grad(x.detach(), "a1", backend=fused_backend.name, **kw)
         base_ref = base0.clone().requires_grad_()
         e_ref = comhe_kernels.reference.hyperspherical_energy(view(base_ref).contiguous(), "a1", **kw)
         (g_ref,) = torch.autograd.grad(e_ref.sum(), base_ref)
@@ -170,10 +175,9 @@ def _adversarial(dtype):
 @pytest.mark.parametrize("power", POWERS)
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_close_antipodal_and_zero_rows(power, half_space, dtype, backend):
-    fused_contract_only(backend, dtype)
+def test_close_antipodal_and_zero_rows(power, half_space, dtype, fused_backend):
     x = _adversarial(dtype)
-    e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend=backend)
+    e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend=fused_backend)
     e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="sum")
     assert torch.isfinite(e) and torch.isfinite(g).all()
     assert_energy_close(e, e_ref, dtype, num_pairs(60, half_space))
@@ -201,12 +205,12 @@ def test_eps_zero_conventions(backend):
     assert_grad_close(g, g_ref, torch.float64)
 
 
-def test_one_coordinate(backend):
+def test_one_coordinate(fused_backend):
     """k = 1: every pair coincident or antipodal; the angle is 0 or pi exactly."""
     x = torch.randn(2, 41, 1, dtype=torch.float64)
     for power in (1, "a1", "a0"):
         for eps in (1e-4, 0.0):
-            e, g = energy_and_grad(x, power, half_space=True, eps=eps, reduction="none", backend=backend)
+            e, g = energy_and_grad(x, power, half_space=True, eps=eps, reduction="none", backend=fused_backend)
             e_ref, g_ref = reference_energy_and_grad(x, power, half_space=True, eps=eps, reduction="none")
             assert_energy_close(e, e_ref, torch.float64, num_pairs(41, True))
             if torch.isfinite(e).all():
@@ -215,12 +219,29 @@ def test_one_coordinate(backend):
 
 def test_scale_invariance_with_huge_rows(backend):
     """With eps = 0 the energy depends on directions only, even for rows whose
-    squared norm overflows float64."""
+    squared norm overflows float64 (and, below, float32)."""
     x = torch.randn(30, 5, dtype=torch.float64)
     scaled = x * torch.logspace(-150, 200, 30, dtype=torch.float64)[:, None]
     e = run(backend, x, 1, eps=0.0, reduction="sum")
     e_scaled = run(backend, scaled, 1, eps=0.0, reduction="sum")
     torch.testing.assert_close(e_scaled, e, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype, largest", [(torch.float32, 1e25), (torch.float32, 3e38), (torch.float64, 1e300)])
+def test_huge_rows_with_eps(dtype, largest, backend):
+    """A row far beyond sqrt(max) of its dtype has u = x/|x| and a = 0 to
+    working precision; the reference had overflowed ||x||^2 there (one float32
+    row x 1e25 gave 0.925 instead of 0.871, with non-finite gradients)."""
+    x = torch.randn(40, 4, dtype=torch.float64)
+    big = x.clone()
+    big[7] *= largest / big[7].abs().max()
+    expected_x = x.clone()
+    expected_x[7] *= 1e6  # a = 1e-4 / (|x|^2 + 1e-4) is already ~1e-16 here: the same energy
+    e, g = energy_and_grad(big.to(dtype), 1, half_space=True, reduction="mean", backend=backend)
+    e_ref, _ = reference_energy_and_grad(expected_x, 1, half_space=True, reduction="mean")
+    assert torch.isfinite(g).all()
+    assert_energy_close(e, e_ref, dtype, num_pairs(40, True))
+    assert g[7].abs().max() <= 1e-10 * g.abs().max()  # d/dx of a direction: 1/|x| small
 
 
 def test_empty_and_single_point_sets(backend):
@@ -380,19 +401,94 @@ def test_opcheck(args):
     torch.library.opcheck(torch.ops.comhe.hyperspherical_energy.default, args)
 
 
-def test_torch_compile_fullgraph():
-    x = torch.randn(2, 64, 5, requires_grad=True)
+def _compile_unsupported(backend):
+    if backend.device == "cpu" and backend.name == "triton":
+        pytest.skip("torch.compile over a Triton op on CPU tensors fails in fake-tensor tracing: a GPU test")
 
-    @torch.compile(fullgraph=True, backend="aot_eager")
-    def loss(t):
-        return hyperspherical_energy(t, 2, half_space=True) + t.square().mean()
 
-    out = loss(x)
-    (g,) = torch.autograd.grad(out, x)
-    expected = hyperspherical_energy(x, 2, half_space=True) + x.square().mean()
-    (g_ref,) = torch.autograd.grad(expected, x)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(g, g_ref)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(backend, dynamic):
+    """One graph, also with dynamic shapes and symbolic floats (dynamic=True:
+    the argument checks must trace on SymFloats), for the reference too (its
+    NaN check is an op, not a data-dependent branch)."""
+    _compile_unsupported(backend)
+    torch._dynamo.reset()  # the code object below is compiled anew for each case, within the recompile limit
+    x = backend.on(torch.randn(2, 64, 5)).requires_grad_()
+
+    @torch.compile(fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    def loss(t, eps):
+        return hyperspherical_energy(t, 2, half_space=True, eps=eps, backend=backend.name) + t.square().mean()
+
+    for eps in (1e-4, 1e-3):  # a second float: the compiled graph takes it as an input or recompiles
+        out = loss(x, eps)
+        (g,) = torch.autograd.grad(out, x)
+        expected = hyperspherical_energy(x, 2, half_space=True, eps=eps, backend=backend.name) + x.square().mean()
+        (g_ref,) = torch.autograd.grad(expected, x)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(g, g_ref)
+    bad = x.detach().clone()
+    bad[1, 3, 0] = math.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf \(set 1, row 3\)"):
+        loss(bad, 1e-4)
+
+
+def test_forward_mode_and_function_transforms(fused_backend):
+    """The fused op's first derivatives in every mode: jvp, jacfwd and
+    forward_ad give grad . tangent (they returned zero before), grad, vjp and
+    jacrev the gradient, vmap one batched call (no per-sample fallback)."""
+    b = fused_backend
+    x = b.on(torch.randn(50, 3, dtype=torch.float64))
+    t = torch.randn_like(x)
+    f = lambda z: hyperspherical_energy(z, 1, half_space=True, reduction="sum", backend=b.name)
+    _, g = energy_and_grad(x, 1, half_space=True, reduction="sum", backend=b)
+    g = b.on(g)
+    directional = (g * t).sum()
+    _, tangent = torch.func.jvp(f, (x,), (t,))
+    torch.testing.assert_close(tangent, directional, rtol=1e-12, atol=0)
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        torch.testing.assert_close(fwad.unpack_dual(f(fwad.make_dual(x, t))).tangent, directional, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.func.jacfwd(f)(x), g, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.func.grad(f)(x), g, rtol=1e-14, atol=0)
+    torch.testing.assert_close(torch.func.jacrev(f)(x), g, rtol=1e-14, atol=0)
+    _, pullback = torch.func.vjp(f, x)
+    torch.testing.assert_close(pullback(torch.ones((), dtype=torch.float64, device=x.device))[0], g, rtol=1e-14, atol=0)
+    xs = torch.stack([x, 2 * x + 1, x.flip(0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "performance drop" warning: a per-sample loop
+        mapped = torch.func.vmap(f)(xs)
+        mapped_grad = torch.func.vmap(torch.func.grad(f))(xs)
+    torch.testing.assert_close(mapped, torch.stack([f(z) for z in xs]), rtol=1e-14, atol=0)
+    torch.testing.assert_close(mapped_grad[0], g, rtol=1e-14, atol=0)
+
+
+def test_function_transforms_of_the_reference(backend):
+    """grad, jacrev and vmap over every backend (the reference's NaN check is an op
+    with a vmap rule: a data-dependent branch had stopped vmap)."""
+    x = backend.on(torch.randn(40, 4, dtype=torch.float64))
+    f = lambda z: hyperspherical_energy(z, "a1", reduction="sum", backend=backend.name)
+    _, g = energy_and_grad(x, "a1", reduction="sum", backend=backend)
+    torch.testing.assert_close(torch.func.grad(f)(x).cpu(), g, rtol=1e-13, atol=0)
+    torch.testing.assert_close(torch.func.jacrev(f)(x).cpu(), g, rtol=1e-13, atol=0)
+    xs = torch.stack([x, x * 3, -x])
+    torch.testing.assert_close(torch.func.vmap(f)(xs), torch.stack([f(z) for z in xs]), rtol=1e-13, atol=0)
+    bad = xs.clone()
+    bad[2, 5, 1] = math.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        torch.func.vmap(f)(bad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_energy_and_grad_in_one_call(reduction, backend):
+    x = torch.randn(3, 45, 6, dtype=torch.float64)
+    for power, squared_log in ((0, True), ("a2", False), ("g2", False)):
+        kw = dict(half_space=True, reduction=reduction, squared_log=squared_log)
+        e, g = energy_and_grad(x, power, backend=backend, **kw)
+        e2, g2 = comhe_kernels.hyperspherical_energy_and_grad(backend.on(x), power, backend=backend.name, **kw)
+        assert e2.dtype == torch.float64 and g2.dtype == x.dtype and g2.shape == x.shape
+        assert_energy_close(e2.cpu(), e, torch.float64, num_pairs(45, True))
+        assert_grad_close(g2.cpu(), g, torch.float64)
 
 
 def test_meta_tensors_give_shapes():
@@ -434,10 +530,25 @@ def test_bad_arguments(call, error, match):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_input_is_an_error(bad, backend):
+    """One message for every backend, naming the set and the row."""
     x = torch.randn(2, 30, 3)
     x[1, 17, 2] = bad
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        run(backend, x, 1)
+    with pytest.raises(ValueError) as info:
+        hyperspherical_energy(backend.on(x), 1, backend=backend.name)
+    assert str(info.value) == "x contains NaN or Inf (set 1, row 17); the energy is undefined"
+
+
+@pytest.mark.parametrize("text, kind, s", [("1", "chordal", 1.0), (" 2.5 ", "chordal", 2.5), ("a1", "angular", 1.0),
+                                           ("A0", "angular", 0.0), ("g2", "gaussian", 2.0), ("2e-1", "chordal", 0.2)])
+def test_power_strings(text, kind, s):
+    assert comhe_kernels._spec.parse_power(text) == (kind, s)
+
+
+@pytest.mark.parametrize("text", ["1_0", "inf", "nan", "0x10", "a", "g", "a-1", "g0", "1 0", ""])
+def test_bad_power_strings(text):
+    """Decimal numbers only: float() alone took "1_0" as 10 and "inf"."""
+    with pytest.raises(ValueError, match="power"):
+        comhe_kernels._spec.parse_power(text)
 
 
 def test_op_level_checks_name_the_argument():
@@ -526,3 +637,82 @@ def test_float32_accuracy_near_clusters():
     (d2 = 1.05 2^-8, s = 1, eps = 0: weights ~2000). Unscaled Winograd pairs
     were 2e-2 of max |g| off here; scaled, 4.2e-5 (the plain GEMM: ~5e-5)."""
     _assert_float32_contract(_with_near_clusters(4096, 32, 8, 1.05 / 256), 1, False, 0.0)
+
+
+# ---- one pair-math contract for every backend ----------------------------------
+
+CONTRACT_POWERS = [0, 1, 2, 0.5, 3.5, "a0", "a1", "a2", "a1.5", "g2", "g0.5"]
+# chord lengths d of the two points: coincident, near, far, near-antipodal, antipodal
+CONTRACT_CHORDS = [0.0, 1e-6, 1e-3, 1.0, 2 - 1e-9, 2.0]
+
+
+def _two_points(d, k):
+    """Two unit vectors at chord d, turned by a fixed random rotation into k
+    dimensions (k > 8 takes the kernels' gram path, k <= 8 the difference form)."""
+    theta = 2 * math.asin(d / 2)
+    pair = torch.zeros(2, k, dtype=torch.float64)
+    pair[0, 0] = 1.0
+    pair[1, 0], pair[1, 1] = math.cos(theta), math.sin(theta)
+    if d == 2.0:
+        pair[1] = -pair[0]
+    q, _ = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(k)))
+    return pair @ q
+
+
+def _contract_tol(d, power, half_space, dtype):
+    """float64: the bound for the closest of the pair and, in half space, its mirror."""
+    if dtype != torch.float64:
+        return None
+    _, s = comhe_kernels._spec.parse_power(power)
+    closest = min(d, math.sqrt(max(4 - d * d, 0.0))) if half_space else d
+    return ill_conditioned(closest, s) if closest > 0 else None
+
+
+@pytest.mark.parametrize("k", [3, 12])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pair_math_contract(k, dtype, fused_backend):
+    """Every fused backend's F, dF/dd2, dF/dd2p of every kind agree with the reference
+    on a set of two points at chosen distances (each backend writes the pair
+    math itself: pair_energy.h for C++ and CUDA, a copy in Triton)."""
+    for d in CONTRACT_CHORDS:
+        x = _two_points(d, k).to(dtype)
+        for power in CONTRACT_POWERS:
+            for half_space in (False, True):
+                for eps in (0.0, 1e-4):
+                    kw = dict(half_space=half_space, eps=eps, reduction="sum")
+                    e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
+                    e, g = energy_and_grad(x, power, backend=fused_backend, **kw)
+                    where = f"d={d} power={power} half_space={half_space} eps={eps}"
+                    if not torch.isfinite(e_ref):  # coincident with eps = 0: the chordal energies are infinite
+                        assert e == e_ref, where
+                        continue
+                    tol = _contract_tol(d, power, half_space, dtype)
+                    assert_energy_close(e, e_ref, dtype, num_pairs(2, half_space), tol), where
+                    assert_grad_close(g, g_ref, dtype, tol), where
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pair_math_contract_across_sets(dtype, fused_cross_backend):
+    """The same for the cross-set op: one point against one point."""
+    for d in CONTRACT_CHORDS:
+        x = _two_points(d, 5).to(dtype)
+        for power in CONTRACT_POWERS:
+            for half_space in (False, True):
+                kw = dict(half_space=half_space, eps=1e-4, reduction="sum")
+                e_ref, gx_ref, gy_ref = reference_cross_energy_and_grad(x[:1], x[1:], power, **kw)
+                e, gx, gy = cross_energy_and_grad(x[:1], x[1:], power, backend=fused_cross_backend, **kw)
+                tol = _contract_tol(d, power, half_space, dtype)
+                assert_energy_close(e, e_ref, dtype, 2, tol), f"d={d} power={power} half_space={half_space}"
+                assert_grad_close(gx, gx_ref, dtype, tol)
+                assert_grad_close(gy, gy_ref, dtype, tol)
+
+
+def test_first_call_inside_torch_compile():
+    """A fresh process whose first call of the op is compiled (fullgraph)."""
+    code = (
+        "import torch, comhe_kernels as ck\n"
+        "f = torch.compile(lambda x: ck.hyperspherical_energy(x, 1), fullgraph=True, backend='aot_eager')\n"
+        "x = torch.randn(50, 8, dtype=torch.float64)\n"
+        "assert torch.allclose(f(x), ck.reference.hyperspherical_energy(x, 1), rtol=1e-12, atol=0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)

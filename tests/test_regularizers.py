@@ -1,7 +1,7 @@
 """The regularizers against hand-written references of the original code:
 layer energies, RP batching, the AP objective and steps, Adv ascent, G-CoMHE
-groups, layer selection, gradient routing, state, devices, DDP, compile,
-bad configurations; and the chunked uniformity loss and MHS.
+groups, layer selection, gradient routing, state, dtypes, devices, DDP,
+compile, bad configurations.
 
 Tolerances: float64 throughout, where the op and the references agree to
 ~1e-13 relative (conftest.py); 1e-10 leaves room for the different
@@ -9,6 +9,7 @@ summation orders (N <= 64 here). The float32 AP Gram-identity check uses
 1e-5: its three terms are O(N^2/pd) and cancel to the same order.
 """
 
+import copy
 import math
 import os
 import time
@@ -23,7 +24,6 @@ import comhe_kernels
 from comhe_kernels import regularizers
 from comhe_kernels.projections import angle_preservation_loss, channel_groups, neurons
 from comhe_kernels.regularizers import CoMHE, MHE, default_weights, mhe_loss
-from comhe_kernels.uniformity import min_pairwise_distance, uniformity_loss
 
 RTOL = 1e-10
 
@@ -65,17 +65,17 @@ def original_energy(weight, power, half_space):
 
 
 class CountingOp:
-    """Wraps the op as seen by the regularizers: records the shape of every call."""
+    """Wraps the op as seen by the regularizers' energy: records the shape of every call."""
 
     def __init__(self, monkeypatch):
         self.shapes = []
-        op = regularizers.hyperspherical_energy
+        op = regularizers.energy.hyperspherical_energy
 
         def counted(x, *args, **kwargs):
             self.shapes.append(tuple(x.shape))
             return op(x, *args, **kwargs)
 
-        monkeypatch.setattr(regularizers, "hyperspherical_energy", counted)
+        monkeypatch.setattr(regularizers.energy, "hyperspherical_energy", counted)
 
 
 # ---- MHE: layer energies equal the original code's --------------------------------
@@ -186,7 +186,7 @@ def test_ap_step_and_lookahead_follow_the_original(monkeypatch):
     e_ref = mhe_loss(layer.weight, 2, half_space=True, projection=p1 - lr * g)
     (gw_ref,) = torch.autograd.grad(e_ref, layer.weight)
 
-    e = CoMHE.__dict__["_layer_energy"](reg, i, reg.layers[i], update=True)
+    e, _ = reg._layer_energy(i, update=True)
     assert close(getattr(reg, f"projection_{i}"), p1)
     assert close(e, e_ref)
     (gw,) = torch.autograd.grad(e, layer.weight)
@@ -346,6 +346,12 @@ def test_selection_by_name_type_and_roles():
     assert [p.name for p in reg.layers] == ["features.0", "head"]
     reg = CoMHE(Net(), "rp", proj_dim=2, input_layer="head")
     assert [p.mode for p in reg.layers] == ["rp", "rp", "plain", "plain"]
+    assert [p.layer_type for p in reg.layers] == ["Conv1d", "Conv3d", "Linear", "Linear"]
+    planned = regularizers.plan_layers(Net(), "mhe", hidden_weight=1.0, output_weight=10.0)
+    assert [(p.name, p.role, type(m).__name__) for p, m in planned] == [
+        ("features.0", "hidden", "Conv1d"), ("features.2", "hidden", "Conv3d"), ("head", "hidden", "Linear"),
+        ("classifier", "output", "Linear"),
+    ]
 
 
 def test_wrappers_are_looked_through():
@@ -393,6 +399,20 @@ def test_projections_follow_the_model_dtype():
     assert e.dtype == torch.float64 and all(b.dtype == torch.float64 for b in reg.buffers())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant,kwargs", [("mhe", {}), ("rp", {"generator": 0}), ("ap", {"lr": 0.1, "generator": 0})])
+def test_a_16_bit_model_gets_its_dtype(dtype, variant, kwargs):
+    model = small_cnn(torch.float32).to(dtype)
+    reg = CoMHE(model, variant, **kwargs)
+    e = reg()
+    assert e.dtype == dtype and bool(torch.isfinite(e))
+    e.backward()
+    assert all(p.weight.grad.dtype == dtype for p in (model[0], model[3], model[5], model[7]))
+    if variant == "mhe":  # the energies are computed in float32 from the 16-bit weights
+        model32 = copy.deepcopy(model).float()
+        assert close(e, MHE(model32)().to(dtype).float(), 0.0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_projections_follow_the_model_device():
     model = small_cnn(torch.float32)
@@ -421,6 +441,12 @@ def test_projections_follow_the_model_device():
         (dict(variant="mhe", output_layer="bn"), ValueError, "output_layer 'bn' is not one of"),
         (dict(variant="mhe", layer_weights={"head": -1}), ValueError, "layer_weights\\['head'\\]"),
         (dict(variant="rp", generator=1.5), TypeError, "generator must be an int seed"),
+        # the op's settings fail here, not at the first call
+        (dict(variant="mhe", eps=-1e-4), ValueError, "eps must be finite and >= 0"),
+        (dict(variant="rp", eps=float("nan")), ValueError, "eps must be finite and >= 0"),
+        (dict(variant="rp", backend="gpu"), ValueError, "backend must be one of"),
+        (dict(variant="mhe", power="a1", delta=0.0), ValueError, "delta must be > 0"),
+        (dict(variant="mhe", squared_log=1), TypeError, "squared_log must be a bool"),
     ],
 )
 def test_bad_configurations_raise_clear_errors(kwargs, error, match):
@@ -428,11 +454,16 @@ def test_bad_configurations_raise_clear_errors(kwargs, error, match):
         CoMHE(Net(), **kwargs)
 
 
-def test_single_neuron_layers_are_skipped_with_a_warning():
-    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
-    with pytest.warns(UserWarning, match="skipping layer '1'"):
+def test_single_neuron_layers_are_skipped_after_the_output_layer_is_chosen():
+    # A one-output head is still the output layer (skipped: no pairs); the layer before it stays hidden.
+    model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
+    with pytest.warns(UserWarning, match="skipping layer '2' \\(the output layer\\)"):
         reg = MHE(model)
-    assert [(p.name, p.role) for p in reg.layers] == [("0", "output")]
+    assert [(p.name, p.role, p.half_space, p.weight) for p in reg.layers] == [("0", "hidden", True, 1.0)]
+    assert close(reg(), original_energy(model[0].weight, 2, True))
+    with pytest.warns(UserWarning, match="skipping layer '0': a single"):
+        reg = MHE(nn.Sequential(nn.Linear(4, 1), nn.Linear(1, 6)))
+    assert [(p.name, p.role) for p in reg.layers] == [("1", "output")]
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no layer to regularize"):
         MHE(nn.Linear(4, 1))
 
@@ -445,6 +476,22 @@ def test_lazy_layers_need_a_forward_pass_first():
 def test_no_supported_layer():
     with pytest.raises(ValueError, match="no layer to regularize"):
         MHE(nn.Sequential(nn.ReLU()))
+
+
+def test_every_layer_term_goes_through_reg_energy():
+    # The one function a split of the pairs (e.g. over data-parallel ranks) replaces;
+    # the adversarial P's own ascent keeps the energy it was built with.
+    reg = CoMHE(small_cnn(), "adv", lr=0.1, generator=0)
+    calls = []
+    whole = reg.energy
+
+    def counted(x, half_space):
+        calls.append((tuple(x.shape), half_space))
+        return whole(x, half_space)
+
+    reg.energy = counted
+    reg()
+    assert calls == [((8, 18), True), ((24, 30), True), ((48, 30), True), ((6, 48), False)]
 
 
 # ---- DDP and torch.compile ----------------------------------------------------------------------
@@ -492,33 +539,3 @@ def test_torch_compile_gives_the_eager_values():
     compiled = torch.compile(CoMHE(model, "rp", generator=7))
     for _ in range(2):
         assert close(compiled(), eager())
-
-
-# ---- uniformity loss and MHS (plain PyTorch, chunked) ------------------------------------------------
-
-
-@pytest.mark.parametrize("chunk_size", [None, 1, 7])
-def test_uniformity_loss_equals_wang_isola(chunk_size):
-    x = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
-    loss = uniformity_loss(x, t=2, eps=0.0, chunk_size=chunk_size)
-    ref = torch.pdist(F.normalize(x, dim=1), p=2).pow(2).mul(-2).exp().mean().log()
-    assert close(loss, ref)
-    (g,) = torch.autograd.grad(loss, x)
-    (g_ref,) = torch.autograd.grad(ref, x)
-    assert close(g, g_ref, 1e-9)
-    with pytest.raises(ValueError, match="N >= 2"):
-        uniformity_loss(x[:1])
-    with pytest.raises(ValueError, match="t must be"):
-        uniformity_loss(x, t=0)
-
-
-@pytest.mark.parametrize("half_space", [False, True])
-def test_min_pairwise_distance_equals_brute_force(half_space):
-    x = torch.randn(40, 5, dtype=torch.float64, requires_grad=True)
-    d = min_pairwise_distance(x, half_space=half_space, eps=0.0, chunk_size=6)
-    u = F.normalize(x, dim=1)
-    pts = torch.cat([u, -u]) if half_space else u
-    dist = torch.cdist(pts, pts) + 10 * torch.eye(len(pts), dtype=x.dtype)
-    assert close(d, dist.min())
-    (g,) = torch.autograd.grad(d, x)
-    assert int((g.abs().sum(1) > 0).sum()) == 2  # the subgradient of a min: the closest pair only

@@ -1,8 +1,9 @@
 """comhe-bench: how much faster and smaller the fused op is than what you would otherwise write.
 
 Run ``comhe-bench`` (or ``python -m comhe_kernels.bench``). It compares, on the
-same inputs and in the same run, the providers that compute the hyperspherical
-energy E = sum over pairs i < j of f(u_i, u_j) and, in "fwd+bwd" mode, dE/dx:
+same inputs and in the same run, the providers that compute a case's op (the
+hyperspherical energy E = sum over pairs i < j of f(u_i, u_j), the cross-set
+energy, the uniformity loss) and, in "fwd+bwd" mode, its gradient:
 
     reference  the naive code of the original MHE code and its ports:
                normalize, gram matrix 2 - 2 U U^T, M x M elementwise, masked
@@ -11,11 +12,12 @@ energy E = sum over pairs i < j of f(u_i, u_j) and, in "fwd+bwd" mode, dE/dx:
     chunked    what a careful user writes by hand: row blocks against the
                columns j >= i, memory bounded by torch.utils.checkpoint
     keops      a pykeops LazyTensor reduction, backward by its autodiff
-    cpu        the fused C++/OpenMP op (backend="cpu")
-    triton     the fused GPU backends, where this build has them
-    cuda
+    cpu, ...   the fused op, one provider per backend of the registry
+               (comhe_kernels/ops/_registry.py) that "auto" may choose
+    pdist      the uniformity loss as Wang and Isola publish it
+    uniformity_loss  comhe_kernels.uniformity_loss
 
-Correctness comes before speed: every provider's energy and gradient are
+Correctness comes before speed: every provider's value and gradient are
 compared with a float64 oracle first (oracle.py). A provider outside the
 tolerance is reported as "failed" and not timed, except the baselines that
 reproduce the naive gram-form math (reference, compiled, chunked): their
@@ -23,14 +25,16 @@ float32 error for close pairs is the defect their users live with, so they are
 timed and labelled "inaccurate" with the measured error; ``--strict`` times no
 provider that fails.
 
-Every measurement runs in a worker process of its own (runner.py): a warm-up
-on a few rows (compilers, thread pools, code pages), one full-size call that is
-checked and whose peak memory above the worker's baseline is reported, then
-the timed calls.
+Every CPU measurement runs in a worker process of its own (worker.py, started
+by runner.py): a warm-up on a few rows (compilers, thread pools, code pages),
+one full-size call that is checked and whose peak memory above the worker's
+baseline is reported, then the timed calls.
 
 Layout: cases.py (what is measured), providers.py (who computes it),
-oracle.py (the float64 truth), runner.py (worker processes, timing, memory),
-report.py (table, CSV, JSON, plot), cli.py (presets and the command line).
+oracle.py (the float64 truth), presets.py (the presets and their targets),
+worker.py (what a measuring process does), runner.py (the parent: worker
+processes, skips, rows), verdicts.py (targets and the verdict table),
+report.py (table, CSV, JSON, plot), cli.py (the command line).
 """
 
 import os

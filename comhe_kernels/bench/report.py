@@ -1,5 +1,6 @@
 """The results: a rich table, CSV and JSON rows that say where and how they were
-measured (and the command that measures each again), and the plot."""
+measured (and the command that measures each again), and the plot (matplotlib,
+optional)."""
 
 from __future__ import annotations
 
@@ -15,20 +16,22 @@ from pathlib import Path
 
 import torch
 
+from rich.table import Table
+
 from .. import __version__
 from .cases import FLOP_MODEL, MIB, BenchOptions
-from .runner import case_of
+from .runner import BASELINES, case_of
 
 # The columns of the CSV and of each JSON row, in this order.
 ROW_FIELDS = (
-    "provider", "status", "reason",
-    "n", "k", "power", "half_space", "dtype", "mode", "device", "seed", "pairs",
+    "provider", "fused", "status", "reason",
+    "op", "b", "n", "m", "k", "power", "half_space", "dtype", "mode", "device", "inputs", "seed", "pairs",
     "check", "energy", "energy_rel_err", "grad_rel_err",
     "time_median_s", "time_p20_s", "time_p80_s", "reps",
     "peak_extra_bytes", "peak_extra_mib", "memory_method",
     "pairs_per_s", "gflops", "peak_gflops", "fraction_of_peak", "flop_model",
-    "speedup_vs_reference", "speedup_vs_keops",
-    "device_name", "threads", "load_avg_start", "omp_wait_policy",
+    *(f"speedup_vs_{name}" for name in BASELINES), "time_vs_random",
+    "wall_s", "device_name", "threads", "load_avg_start", "omp_wait_policy",
     "torch", "pykeops", "triton", "comhe_kernels", "python", "git_sha", "timestamp", "command",
 )  # fmt: skip
 
@@ -36,7 +39,7 @@ ROW_FIELDS = (
 def environment(devices: tuple, threads: int) -> dict:
     """Where and with what the rows are measured."""
     return {
-        "device_names": {d: torch.cuda.get_device_name() if d == "cuda" else cpu_name() for d in devices},
+        "device_names": {d: gpu_name() if d == "cuda" else cpu_name() for d in devices},
         "threads": threads or torch.get_num_threads(),
         # 1-minute load average before the first worker: others' work on a shared machine
         "load_avg_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -61,6 +64,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores"
+
+
+def gpu_name() -> str:
+    if not torch.cuda.is_available():
+        return "no CUDA device here"
+    props = torch.cuda.get_device_properties(0)
+    memory = props.total_memory / 2**30
+    return f"{props.name}, {memory:.0f} GiB, sm_{props.major}{props.minor}, CUDA {torch.version.cuda}"
 
 
 def _dist_version(name: str) -> str:
@@ -88,13 +99,19 @@ def git_sha() -> str:
 
 def row_command(row: dict, options: BenchOptions) -> str:
     """The command that measures this row again."""
-    args = [
-        "python", "-m", "comhe_kernels.bench",
-        "--providers", row["provider"],
-        "--n", str(row["n"]), "--k", str(row["k"]), "--power", row["power"],
+    args = ["python", "-m", "comhe_kernels.bench", "--providers", row["provider"]]
+    if row["op"] != "hyperspherical_energy":
+        args += ["--op", row["op"]]
+    if row["b"] != 1:
+        args += ["--b", str(row["b"])]
+    args += ["--n", str(row["n"])]
+    if row["op"] == "cross_energy":
+        args += ["--m", str(row["m"])]
+    args += [
+        "--k", str(row["k"]), "--power", row["power"],
         "--half-space", "yes" if row["half_space"] else "no",
         "--dtype", row["dtype"], "--mode", row["mode"], "--device", row["device"],
-        "--seed", str(row["seed"]), "--threads", str(row["threads"]),
+        "--inputs", row["inputs"], "--seed", str(row["seed"]), "--threads", str(row["threads"]),
     ]  # fmt: skip
     if options.strict:
         args.append("--strict")
@@ -135,36 +152,15 @@ def write_json(path: str, rows: list, meta: dict, verdicts: list) -> None:
     doc = {
         "meta": meta,
         "rows": [{name: _json_value(row.get(name)) for name in ROW_FIELDS} for row in rows],
-        "criteria": verdicts,
+        "criteria": [{**v, "value": _json_value(v["value"])} for v in verdicts],
     }
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def evaluate_criteria(criteria: tuple, rows: list) -> list:
-    """Each criterion with the measured value and PASS, FAIL or "not measured"."""
-    out = []
-    for c in criteria:
-        match = [r for r in rows if r["n"] == c.n and r["k"] == c.k and r["provider"] == c.provider]
-        row = match[0] if match else {}
-        if c.metric == "skipped":
-            value = row.get("reason")
-            verdict = "not measured" if not row else ("PASS" if row["status"] == "skipped" else "FAIL")
-        else:
-            value = row.get(c.metric)
-            if value is None:
-                verdict = "not measured"
-            elif c.metric.startswith("speedup"):
-                verdict = "PASS" if value >= c.bound else "FAIL"
-            else:
-                verdict = "PASS" if value <= c.bound else "FAIL"
-        out.append({"criterion": c.text, "value": _json_value(value), "bound": c.bound, "verdict": verdict})
-    return out
-
-
 def plot(path: str, rows: list, title: str) -> None:
     """Median time and extra peak memory against N, log-log, one line per
-    provider; one row of panels per series (k, power, half space, dtype, mode,
-    device). Baselines that failed their check are dashed."""
+    provider; one row of panels per series (Case.series: everything but N and
+    M). Baselines that failed their check are dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +170,6 @@ def plot(path: str, rows: list, title: str) -> None:
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     fig, axes = plt.subplots(len(series), 2, figsize=(11, 3.8 * len(series)), squeeze=False)
     for line, key in enumerate(series):
-        k, power, half, dtype, mode, device = key
         for number, name in enumerate(providers):
             pts = sorted(
                 (r for r in rows if r["provider"] == name and case_of(r).series() == key and r.get("time_median_s")),
@@ -190,7 +185,7 @@ def plot(path: str, rows: list, title: str) -> None:
             # log axis: a peak below 1 KiB (a provider that allocates nothing new) is drawn at 1 KiB
             mib = [max(r["peak_extra_bytes"], 1024) / MIB for r in mem]
             axes[line][1].plot([r["n"] for r in mem], mib, label=label, **style)
-        what = f"k={k}, s={power}{', half space' if half else ''}, {dtype}, {mode}, {device}"
+        what = next(case_of(r) for r in rows if case_of(r).series() == key).series_label()
         for ax, ylabel in zip(axes[line], ("median time per call (s)", "extra peak memory (MiB)")):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -228,39 +223,49 @@ def _fmt_err(row: dict) -> str:
     return f"{e:.1e}" + ("" if g is None else f" / {g:.1e}")
 
 
-def results_table(rows: list, title: str):
-    """A rich Table of the rows; the dimensions that are the same in every row
-    move to the caption."""
-    from rich.table import Table
+# The table's short names of the ops.
+_OP_NAMES = {"hyperspherical_energy": "energy", "cross_energy": "cross", "uniformity_loss": "uniformity"}
 
-    dims = ("power", "half_space", "dtype", "mode", "device")
-    constant = [d for d in dims if len({r[d] for r in rows}) <= 1]
+
+def results_table(rows: list, title: str) -> Table:
+    """A rich Table of the rows: the dimensions that are the same in every row
+    move to the caption, and the columns that no row fills are left out."""
+    dims = ("power", "half_space", "dtype", "mode", "device", "inputs")
+    constant = [d for d in ("op", *dims) if len({r[d] for r in rows}) <= 1]
+
+    def measured(r):
+        return r["status"] in ("ok", "inaccurate") and r.get("peak_extra_bytes") is not None
+
+    columns = [  # (header, cell), kept where a row has a cell
+        ("provider", lambda r: r["provider"]),
+        ("op", lambda r: _OP_NAMES.get(r["op"], r["op"]) if "op" not in constant else ""),
+        ("B", lambda r: str(r["b"]) if any(q["b"] != 1 for q in rows) else ""),
+        ("N", lambda r: str(r["n"])),
+        ("M", lambda r: str(r["m"]) if r["m"] else ""),
+        ("k", lambda r: str(r["k"])),
+        *((d, lambda r, d=d: str(r[d]) if d not in constant else "") for d in dims),
+        ("error E / grad", _fmt_err),
+        ("median (p20-p80)", _fmt_time),
+        ("peak MiB", lambda r: f"{r['peak_extra_bytes'] / MIB:.1f}" if measured(r) else ""),
+        ("pairs/s", lambda r: f"{r['pairs_per_s']:.2e}" if r.get("pairs_per_s") else ""),
+        ("GFLOP/s", lambda r: f"{r['gflops']:.3g}" if r.get("gflops") else ""),
+        ("% GEMM", lambda r: f"{100 * r['fraction_of_peak']:.0f}%" if r.get("fraction_of_peak") else ""),
+        *(
+            (f"vs {'ref' if b == 'reference' else b}", lambda r, b=b: _fmt_ratio(r.get(f"speedup_vs_{b}")))
+            for b in BASELINES
+        ),
+        ("vs random", lambda r: _fmt_ratio(r.get("time_vs_random"))),
+        ("status", lambda r: r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or ''}"),
+    ]
+    cells = [[cell(r) for _, cell in columns] for r in rows]
+    keep = [i for i in range(len(columns)) if any(line[i] for line in cells)]
     table = Table(title=title, header_style="bold")
-    columns = ["provider", "N", "k", *(d for d in dims if d not in constant)]
-    columns += ["error E / grad", "median (p20-p80)", "peak MiB", "pairs/s", "GFLOP/s", "% GEMM"]
-    columns += ["vs ref", "vs keops", "status"]
-    for name in columns:
-        table.add_column(name, justify="left" if name in ("provider", "status", *dims) else "right")
-    colors = {"ok": "green", "inaccurate": "yellow", "failed": "red", "skipped": "dim"}
-    for r in rows:
-        measured = r["status"] in ("ok", "inaccurate") and r.get("peak_extra_bytes") is not None
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or ''}"
-        table.add_row(
-            r["provider"],
-            str(r["n"]),
-            str(r["k"]),
-            *(str(r[d]) for d in dims if d not in constant),
-            _fmt_err(r),
-            _fmt_time(r),
-            f"{r['peak_extra_bytes'] / MIB:.1f}" if measured else "",
-            f"{r['pairs_per_s']:.2e}" if r.get("pairs_per_s") else "",
-            f"{r['gflops']:.3g}" if r.get("gflops") else "",
-            f"{100 * r['fraction_of_peak']:.0f}%" if r.get("fraction_of_peak") else "",
-            _fmt_ratio(r.get("speedup_vs_reference")),
-            _fmt_ratio(r.get("speedup_vs_keops")),
-            status,
-            style=colors.get(r["status"]),
-        )
+    for i in keep:
+        name = columns[i][0]
+        table.add_column(name, justify="left" if name in ("provider", "op", "status", *dims) else "right")
+    colors = {"ok": "green", "inaccurate": "yellow", "failed": "red", "skipped": "dim", "dry run": "cyan"}
+    for r, line in zip(rows, cells):
+        table.add_row(*(line[i] for i in keep), style=colors.get(r["status"]))
     if rows:
         table.caption = ", ".join(f"{d}={rows[0][d]}" for d in constant)
     return table

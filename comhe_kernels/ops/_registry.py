@@ -1,8 +1,9 @@
 """The backends: who computes the energy sums, on which devices.
 
 A backend is one module in comhe_kernels/ops/backends/ that calls
-``register(Backend(...))`` when imported; the registry imports every module
-there on first use. Registering is cheap: a backend's kernels (the C++
+``register(Backend(...))`` when imported; ``import comhe_kernels`` imports
+every module there (``discover``), so that torch.compile never traces the
+discovery (a first call inside a compiled function had failed on it). Registering is cheap: a backend's kernels (the C++
 extension, Triton) load only when ``Backend.load`` is first called, and its
 ``unavailable`` check says, without loading them where it can, whether it
 runs an op on a device type here and if not, why.
@@ -64,8 +65,8 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
-def backends() -> dict[str, Backend]:
-    """name -> Backend, every registered one (the modules of ops/backends/ imported)."""
+def discover() -> None:
+    """Import every backend module of ops/backends/ (once)."""
     global _discovered
     if not _discovered:
         from . import backends as package
@@ -73,6 +74,10 @@ def backends() -> dict[str, Backend]:
         for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
             importlib.import_module(f"{package.__name__}.{module}")
         _discovered = True
+
+
+def backends() -> dict[str, Backend]:
+    """name -> Backend, every registered one."""
     return _BACKENDS
 
 

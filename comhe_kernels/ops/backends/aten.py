@@ -58,5 +58,6 @@ register(
         load=_load,
         auto_rank=0,
         summary="the fused op, CUDA C++ (csrc/cuda)",
+        precisions=("auto", "ieee", "tf32x3", "tf32", "bf16"),
     )
 )

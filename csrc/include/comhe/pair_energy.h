@@ -46,7 +46,12 @@ inline Power power_case(double s) {
 }
 
 // Scalar elementary functions (host and device); vector overloads live in simd.h.
+#if defined(__CUDA_ARCH__)
+// MUFU.RSQ (2 ulp): 2 / sqrtf is an IEEE square root and division, ~20 instructions per pair.
+COMHE_HD float twice_rsqrt(float x) { return 2.0f * ::rsqrtf(x); }
+#else
 COMHE_HD float twice_rsqrt(float x) { return 2.0f / ::sqrtf(x); }
+#endif
 COMHE_HD double twice_rsqrt(double x) { return 2.0 / ::sqrt(x); }
 COMHE_HD float sqrt(float x) { return ::sqrtf(x); }
 COMHE_HD double sqrt(double x) { return ::sqrt(x); }

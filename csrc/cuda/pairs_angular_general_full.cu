@@ -1,0 +1,4 @@
+// The pair kernels of one pair energy (angular, power case General, full space; plan.cuh).
+#include "pairs.cuh"
+
+COMHE_CUDA_INSTANTIATE_PAIRS(comhe::Kind::Angular, comhe::Power::General, false)

@@ -1,0 +1,4 @@
+// The pair kernels of one pair energy (chordal, power case Log, full space; plan.cuh).
+#include "pairs.cuh"
+
+COMHE_CUDA_INSTANTIATE_PAIRS(comhe::Kind::Chordal, comhe::Power::Log, false)
