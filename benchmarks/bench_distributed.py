@@ -3,16 +3,18 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_distributed.py --n 16384 --k 32 256 \
         --out benchmarks/results/distributed_cpu.json
 
-For each (N, k), float32, s = 1, forward + backward (energy and gradient):
+For each (N, k), float32, s = 1, forward + backward (energy and gradient),
+each time as wall seconds and as the CPU seconds of the process (all its
+threads: on a shared machine the wall time says how busy it was, the CPU
+time what the work cost):
 - "1 process": the plain op, on all cores and on cores / P threads;
 - "P processes": comhe_kernels.distributed.hyperspherical_energy_and_grad,
-  cores / P threads each, for each schedule ("once", "twice"): the median
-  over repetitions of the slowest rank's time;
+  cores / P threads each: the median over repetitions of the slowest rank;
 - the model's terms, measured alone in one process with cores / P threads:
-  each rank's compute (its own block and its visits, the op calls of the
+  each rank's compute (its own block and its visits: the op calls of the
   ring without messages) and, in the P processes, one ring step's message
   (a block of N/P rows each way) and the all-reduce of the energy.
-The model (docs/distributed.md) predicts the P-process time from those
+The model (docs/distributed.md) predicts the P-process times from those
 terms; the JSON holds the measured and the predicted times side by side.
 """
 
@@ -41,32 +43,39 @@ from comhe_kernels.distributed._plan import plan
 from comhe_kernels.distributed.replicated import block_bounds
 
 
-def _median_time(fn, reps: int) -> float:
-    fn()  # warm-up: first calls allocate and fault in pages
-    times = []
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _median_times(fn, reps: int) -> dict:
+    """Median wall and CPU seconds of ``fn()`` (after one warm-up call: first calls
+    allocate and fault in pages)."""
+    fn()
+    wall, cpu = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = _clocks()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
 
 
 def points(n: int, k: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
 
 
-def rank_compute(x: torch.Tensor, rank: int, world_size: int, schedule: str) -> dict:
+def rank_compute(x: torch.Tensor, rank: int, world_size: int) -> dict:
     """The op calls that rank ``rank`` makes in the ring, without messages: seconds of
     its own block and of each visit (the ring's compute term)."""
     bounds = block_bounds(x.shape[0], world_size)
     block = lambda r: x[bounds[r]:bounds[r + 1]]  # noqa: E731
     own = block(rank)
-    times = {"own": _median_time(lambda: ck.hyperspherical_energy_and_grad(own, 1), 3), "visits": []}
-    for visit in plan(rank, world_size, schedule):
+    times = {"own": _median_times(lambda: ck.hyperspherical_energy_and_grad(own, 1), 3), "visits": []}
+    for visit in plan(rank, world_size):
         visitor = block(visit.visitor)
         rows_own, rows_visitor = visit.rows(own.shape[0], visitor.shape[0])
         a, b = own[rows_own], visitor[rows_visitor]
-        times["visits"].append(_median_time(lambda: ck.cross_energy_and_grad(a, b, 1, reduction="sum"), 3))
+        times["visits"].append(_median_times(lambda: ck.cross_energy_and_grad(a, b, 1, reduction="sum"), 3))
     return times
 
 
@@ -75,20 +84,20 @@ def _worker(rank, world_size, cases, reps, threads, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(minutes=10))
     results = []
-    for n, k, schedule in cases:
+    for n, k in cases:
         bounds = block_bounds(n, world_size)
         x = points(n, k)[bounds[rank]:bounds[rank + 1]].contiguous()
 
         def call():
             dist.barrier()
-            t = time.perf_counter()
-            distributed.hyperspherical_energy_and_grad(x, 1, schedule=schedule)
-            slowest = torch.tensor([time.perf_counter() - t], dtype=torch.float64)
+            t, c = _clocks()
+            distributed.hyperspherical_energy_and_grad(x, 1)
+            slowest = torch.tensor([time.perf_counter() - t, time.process_time() - c], dtype=torch.float64)
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-            return slowest.item()
+            return slowest
 
         call()
-        ring = statistics.median(call() for _ in range(reps))
+        ring = torch.stack([call() for _ in range(reps)]).median(dim=0).values.tolist()
         block = torch.empty_like(x)
         nxt, prev = (rank + 1) % world_size, (rank - 1) % world_size
 
@@ -98,10 +107,10 @@ def _worker(rank, world_size, cases, reps, threads, out_dir):
                 w.wait()
 
         dist.barrier()
-        step = _median_time(message, reps)
+        step = _median_times(message, reps)["wall"]
         energy = torch.zeros(1, dtype=torch.float64)
-        reduce = _median_time(lambda: dist.all_reduce(energy), reps)
-        results.append({"seconds": ring, "message_seconds": step, "all_reduce_seconds": reduce})
+        reduce = _median_times(lambda: dist.all_reduce(energy), reps)["wall"]
+        results.append({"wall": ring[0], "cpu": ring[1], "message_seconds": step, "all_reduce_seconds": reduce})
     if rank == 0:
         torch.save(results, Path(out_dir) / "results.pt")
     dist.destroy_process_group()
@@ -113,23 +122,20 @@ def run_processes(world_size: int, cases: list, reps: int, threads: int) -> list
         return torch.load(Path(out_dir) / "results.pt")
 
 
-def predicted_once(terms: dict, message: float, reduce: float) -> float:
-    """The model of schedule "once": the own block overlaps the first block's
-    transfer, each visit the next transfer (blocks and gradients both way); the
-    gradient's return and the all-reduce do not overlap."""
-    visits = terms["visits"]
-    t = max(terms["own"], message)
+def predicted_wall(terms: dict, message: float, reduce: float) -> float:
+    """The model's wall time of one rank: its own block overlaps the first block's transfer,
+    each visit the next transfer (a block and a gradient); the gradient's return and the
+    all-reduce do not overlap."""
+    visits = [v["wall"] for v in terms["visits"]]
+    t = max(terms["own"]["wall"], message)
     for i, v in enumerate(visits):
-        following = 2 * message if i + 1 < len(visits) else 0.0  # the next block and this visitor's gradient
-        t += max(v, following)
+        t += max(v, 2 * message if i + 1 < len(visits) else 0.0)
     return t + message + reduce
 
 
-def predicted_twice(terms: dict, message: float, reduce: float) -> float:
-    t = max(terms["own"], message)
-    for i, v in enumerate(terms["visits"]):
-        t += max(v, message if i + 1 < len(terms["visits"]) else 0.0)
-    return t + reduce
+def predicted_cpu(terms: dict) -> float:
+    """The model's CPU time of one rank: its compute (messages cost little CPU)."""
+    return terms["own"]["cpu"] + sum(v["cpu"] for v in terms["visits"])
 
 
 def main(argv=None) -> int:
@@ -145,32 +151,33 @@ def main(argv=None) -> int:
     threads = max(cores // p, 1)
     load = os.getloadavg()[0]
     rows = []
-    cases = [(n, k, s) for n in args.n for k in args.k for s in ("once", "twice")]
+    cases = [(n, k) for n in args.n for k in args.k]
     measured = run_processes(p, cases, args.reps, threads)
-    for (n, k, schedule), m in zip(cases, measured):
+    for (n, k), m in zip(cases, measured):
         x = points(n, k)
         before = torch.get_num_threads()
         torch.set_num_threads(cores)
-        one_all = _median_time(lambda: ck.hyperspherical_energy_and_grad(x, 1), args.reps)
+        one_all = _median_times(lambda: ck.hyperspherical_energy_and_grad(x, 1), args.reps)
         torch.set_num_threads(threads)
-        one_share = _median_time(lambda: ck.hyperspherical_energy_and_grad(x, 1), args.reps)
-        terms = [rank_compute(x, r, p, schedule) for r in range(p)]
+        one_share = _median_times(lambda: ck.hyperspherical_energy_and_grad(x, 1), args.reps)
+        terms = [rank_compute(x, r, p) for r in range(p)]
         torch.set_num_threads(before)
-        model = predicted_once if schedule == "once" else predicted_twice
-        predicted = max(model(t, m["message_seconds"], m["all_reduce_seconds"]) for t in terms)
+        wall = max(predicted_wall(t, m["message_seconds"], m["all_reduce_seconds"]) for t in terms)
+        cpu = max(predicted_cpu(t) for t in terms)
         row = {
             "n": n, "k": k, "dtype": "float32", "power": 1, "nproc": p, "threads_per_process": threads,
-            "schedule": schedule,
-            "one_process_all_cores_s": one_all, f"one_process_{threads}_threads_s": one_share,
-            "processes_s": m["seconds"], "speedup_vs_one_process": one_all / m["seconds"],
-            "predicted_s": predicted, "rank_compute_s": terms,
+            "one_process_all_cores": one_all, f"one_process_{threads}_threads": one_share,
+            "processes": {"wall": m["wall"], "cpu": m["cpu"]}, "predicted": {"wall": wall, "cpu": cpu},
+            "speedup_vs_one_process_wall": one_all["wall"] / m["wall"], "rank_compute": terms,
             "message_s": m["message_seconds"], "message_bytes": 4 * k * (n // p),
             "all_reduce_s": m["all_reduce_seconds"],
         }
         rows.append(row)
-        print(f"N={n} k={k} {schedule}: 1 process {one_all:.3f} s ({cores} threads), {one_share:.3f} s "
-              f"({threads}); {p} processes {m['seconds']:.3f} s (model {predicted:.3f} s); one ring message "
-              f"{row['message_bytes'] / 1e6:.1f} MB in {m['message_seconds'] * 1e3:.2f} ms", flush=True)
+        print(f"N={n} k={k}: 1 process {one_all['wall']:.3f} s wall / {one_all['cpu']:.3f} s CPU "
+              f"({cores} threads), {one_share['wall']:.3f} / {one_share['cpu']:.3f} s ({threads}); {p} processes "
+              f"{m['wall']:.3f} s wall (model {wall:.3f}), {m['cpu']:.3f} s CPU per rank (model {cpu:.3f}); "
+              f"one ring message {row['message_bytes'] / 1e6:.1f} MB in {m['message_seconds'] * 1e3:.2f} ms",
+              flush=True)
     meta = {
         "cpu": cpu_name(), "cores": cores, "load_avg_start": load, "load_avg_end": os.getloadavg()[0],
         "torch": torch.__version__, "python": platform.python_version(), "git_sha": git_sha(),

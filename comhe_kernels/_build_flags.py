@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 # What a backend's sources are, by folder (as pytorch/extension-cpp globs
-# them): a new file there is built without editing a list. csrc/tests/ holds
-# the C++ unit tests (CMake), not the extension.
-CPU_SOURCE_GLOBS = ("*.cpp", "cpu/*.cpp")
+# them): a new file there is built without editing a list. cpu/ holds the
+# ATen glue, cpu/core/ the torch-free kernel (which CMake builds alone, with
+# its unit tests in csrc/tests/, not part of the extension).
+CPU_SOURCE_GLOBS = ("*.cpp", "cpu/*.cpp", "cpu/core/*.cpp")
 CUDA_SOURCE_GLOBS = ("cuda/*.cu",)
 # Every file whose change must rebuild the extension (the JIT cache key) and
 # that a wheel ships for the just-in-time build.
@@ -18,7 +19,15 @@ SOURCE_SUFFIXES = (".h", ".cuh", ".cpp", ".cu")
 def sources(csrc: Path, cuda: bool = False) -> list[Path]:
     """The extension's translation units under csrc/, sorted (CUDA ones if cuda)."""
     globs = CPU_SOURCE_GLOBS + (CUDA_SOURCE_GLOBS if cuda else ())
-    return sorted({p for g in globs for p in Path(csrc).glob(g)})
+    found = sorted({p for g in globs for p in Path(csrc).glob(g)})
+    # the just-in-time build names each object after its file's stem (x.o,
+    # x.cuda.o: torch.utils.cpp_extension), so two .cpp files of one stem
+    # in different folders would overwrite each other's object
+    objects = [p.stem + (".cuda" if p.suffix == ".cu" else "") for p in found]
+    clashes = sorted({o for o in objects if objects.count(o) > 1})
+    if clashes:
+        raise RuntimeError(f"sources under {csrc} share the object names {clashes}: rename one of each")
+    return found
 
 
 def cpu_flags() -> list:

@@ -10,12 +10,15 @@ load the library.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +44,26 @@ def _source_hash(flags: list[str]) -> str:
     h.update(" ".join(flags).encode())
     h.update(torch.__version__.encode())
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """One build at a time in build_dir, across processes. An flock, which the
+    OS releases when its holder dies: a killed build leaves nothing that makes
+    the next one wait. Under it, a `lock` file of torch's (its FileBaton: a
+    file that a killed build leaves behind, after which every later build
+    waits for it forever) can only be such a leftover, and is removed."""
+    with open(build_dir / "build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"comhe_kernels: waiting for another process building the kernels in {build_dir}", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _jit_build() -> dict:
@@ -76,17 +99,18 @@ def _jit_build() -> dict:
     if with_cuda:
         info.update(cuda=torch.version.cuda, cuda_flags=cuda_flags(), archs=os.environ["TORCH_CUDA_ARCH_LIST"])
     start = time.perf_counter()
-    cpp_extension.load(
-        name=f"comhe_kernels_{key}",
-        sources=[str(p) for p in sources(CSRC, cuda=with_cuda)],
-        extra_include_paths=[str(CSRC / "include")],
-        extra_cflags=flags,
-        extra_cuda_cflags=cuda_flags() if with_cuda else None,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
-        is_python_module=False,
-        verbose=bool(os.environ.get("COMHE_KERNELS_VERBOSE")),
-    )
+    with _build_lock(build_dir):
+        cpp_extension.load(
+            name=f"comhe_kernels_{key}",
+            sources=[str(p) for p in sources(CSRC, cuda=with_cuda)],
+            extra_include_paths=[str(CSRC / "include")],
+            extra_cflags=flags,
+            extra_cuda_cflags=cuda_flags() if with_cuda else None,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=bool(os.environ.get("COMHE_KERNELS_VERBOSE")),
+        )
     info["load_seconds"] = round(time.perf_counter() - start, 2)
     (build_dir / "build_info.json").write_text(json.dumps(info, indent=1))
     return info

@@ -29,6 +29,7 @@ eps / (|x|^2 + eps) ~ 1e-4 of them survives).
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,23 @@ PRECISION_TOL = {
     "tf32": (1e-5, 6.5e-3),
     "bf16": (6e-5, 4e-2),
 }
+
+
+def child_env(extra_path=()):
+    """For a Python child process (run it with cwd outside the repository): the
+    package this process imported (installed in CI, the source tree here)
+    first on its path, and the extension this process loaded (its JIT cache),
+    so that the child loads the library instead of building it. From the
+    repository root a child imports the source tree, which has no
+    ahead-of-time build, and compiled the kernels: 3 minutes of CI (the
+    bench's main-job test, 182 s) and the 120 s timeouts under load."""
+    env = dict(os.environ)
+    path = [*map(str, extra_path), str(Path(comhe_kernels.__file__).resolve().parents[1]), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+    info = comhe_kernels.build_info()
+    if info.get("how") == "jit":
+        env["COMHE_KERNELS_CACHE"] = str(Path(info["build_dir"]).parent)
+    return env
 
 
 def ill_conditioned(chord: float, s: float) -> float:

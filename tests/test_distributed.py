@@ -1,6 +1,6 @@
 """comhe_kernels.distributed against one process: the sharded energy over 2 and
 3 gloo processes on the CPU (every kind, half-space, reductions, batched,
-uneven rows with empty ranks, both schedules), its errors on every rank
+uneven rows with empty ranks, 16-bit input, a subgroup), its errors on every rank
 (disagreeing arguments, a NaN row, a rank that stalls or fails: bounded
 time), the replicated split under DDP, and the plans' pair coverage.
 
@@ -58,7 +58,6 @@ class Case:
     batched: bool = False
     k: int = 5
     sizes: int = 0  # index into SIZES[world]
-    schedule: str = "once"
     squared_log: bool = False
     dtype: torch.dtype = torch.float64
 
@@ -91,9 +90,6 @@ def _cases() -> list[Case]:
         Case("float32", 1, True, dtype=torch.float32, sizes=3),
         Case("bfloat16", "a2", False, "sum", dtype=torch.bfloat16, sizes=4),
     ]
-    for power in (1, "a1", "g2"):
-        cases.append(Case(f"twice-{power}", power, True, "sum", sizes=0, schedule="twice"))
-    cases.append(Case("twice-batched-uneven", 2, False, "none", True, sizes=1, schedule="twice"))
     return cases
 
 
@@ -123,12 +119,11 @@ def _energy_checks(rank: int, world: int, device: str) -> dict:
     for case in CASES:
         x, sizes = case.points(world)
         x_local = _rows(x, sizes, rank).to(device).requires_grad_()
-        e = distributed.hyperspherical_energy(x_local, schedule=case.schedule, **case.kwargs())
+        e = distributed.hyperspherical_energy(x_local, **case.kwargs())
         e.sum().backward()
-        e2, g2 = distributed.hyperspherical_energy_and_grad(x_local.detach(), schedule=case.schedule,
-                                                            **case.kwargs())
+        e2, g2 = distributed.hyperspherical_energy_and_grad(x_local.detach(), **case.kwargs())
         with torch.no_grad():
-            e3 = distributed.hyperspherical_energy(x_local, schedule=case.schedule, **case.kwargs())
+            e3 = distributed.hyperspherical_energy(x_local, **case.kwargs())
         cpu = lambda t: t.detach().cpu()  # noqa: E731
         out[case.id] = {"energy": cpu(e), "grad": cpu(x_local.grad), "energy_and_grad": (cpu(e2), cpu(g2)),
                         "no_grad": cpu(e3)}
@@ -535,11 +530,10 @@ def test_a_one_rank_world_is_the_plain_op():
 
 
 @pytest.mark.parametrize("world_size", range(1, 9))
-@pytest.mark.parametrize("schedule", ["once", "twice"])
-def test_the_plans_count_every_pair_once(world_size, schedule):
-    """Over all ranks, own blocks and visits weigh each unordered pair of rows 1
-    (the union's energy), and each rank's rows get the gradient of every pair
-    they are in (their own visits, or the visitor's gradient sent back)."""
+def test_the_plans_count_every_pair_once(world_size):
+    """Over all ranks, own blocks and visits count each unordered pair of rows
+    once (the union's energy), and each rank's rows get the gradient of every
+    pair they are in (their own visits, or the visitor's gradient sent back)."""
     g = torch.Generator().manual_seed(world_size)
     sizes = torch.randint(0, 6, (world_size,), generator=g).tolist()
     start = [sum(sizes[:r]) for r in range(world_size + 1)]
@@ -550,15 +544,14 @@ def test_the_plans_count_every_pair_once(world_size, schedule):
         own = slice(start[r], start[r + 1])
         energy[own, own] += torch.ones(sizes[r], sizes[r], dtype=torch.float64).triu(1)
         grad[own, own] += 1 - torch.eye(sizes[r], dtype=torch.float64)
-        for visit in plan(r, world_size, schedule):
+        for visit in plan(r, world_size):
             v = visit.visitor
             rows_own, rows_vis = visit.rows(sizes[r], sizes[v])
             i = slice(start[r] + rows_own.start, start[r] + rows_own.stop)
             j = slice(start[v] + rows_vis.start, start[v] + rows_vis.stop)
-            energy[i, j] += visit.energy_weight
+            energy[i, j] += 1
             grad[i, j] += 1
-            if visit.returns_grad:
-                grad[j, i] += 1
+            grad[j, i] += 1  # the visitor's gradient, sent back
     off = 1 - torch.eye(n, dtype=torch.float64)
     torch.testing.assert_close(energy + energy.T, off, rtol=0, atol=0)
     torch.testing.assert_close(grad, off, rtol=0, atol=0)
@@ -611,13 +604,11 @@ def test_replicated_energy_rejects_bad_ranks():
         distributed.replicated_energy(w, rank=0, world_size=2, reduction="none")
 
 
-def test_bad_schedule_and_timeout_are_named_in_a_one_rank_world_too():
+def test_a_bad_timeout_is_named_in_a_one_rank_world_too():
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         x = torch.randn(4, 3)
         for fn in (distributed.hyperspherical_energy, distributed.hyperspherical_energy_and_grad):
-            with pytest.raises(ValueError, match="schedule must be one of"):
-                fn(x, schedule="thrice")
             with pytest.raises(ValueError, match="timeout must be None"):
                 fn(x, timeout=-1)
     finally:

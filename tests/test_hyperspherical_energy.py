@@ -7,6 +7,7 @@ Tolerances live in conftest.py (one table per dtype, with the reasoning).
 import math
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from conftest import (
     assert_energy_close,
     assert_grad_close,
+    child_env,
     cross_energy_and_grad,
     energy_and_grad,
     ill_conditioned,
@@ -707,7 +709,7 @@ def test_pair_math_contract_across_sets(dtype, fused_cross_backend):
                 assert_grad_close(gy, gy_ref, dtype, tol)
 
 
-def test_first_call_inside_torch_compile():
+def test_first_call_inside_torch_compile(tmp_path):
     """A fresh process whose first call of the op is compiled (fullgraph)."""
     code = (
         "import torch, comhe_kernels as ck\n"
@@ -715,4 +717,29 @@ def test_first_call_inside_torch_compile():
         "x = torch.randn(50, 8, dtype=torch.float64)\n"
         "assert torch.allclose(f(x), ck.reference.hyperspherical_energy(x, 1), rtol=1e-12, atol=0)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600, cwd=tmp_path, env=child_env())
+
+
+def test_a_build_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path):
+    """torch's FileBaton leaves its `lock` file when the building process is
+    killed, and every later build of that folder then waited forever (a CI run
+    stalled 90 minutes on one): the package's flock is released by the OS, and
+    under it the leftover file is removed; a live builder still makes the
+    next one wait."""
+    from comhe_kernels._extension import _build_lock
+
+    (tmp_path / "lock").touch()  # what a killed build leaves
+    with _build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(tmp_path / "build.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with _build_lock(tmp_path):
+            waited = time.monotonic() - start
+    finally:
+        holder.wait(timeout=30)
+    assert waited > 0.5, waited  # waited for the live holder, then went on

@@ -457,8 +457,12 @@ def test_bad_configurations_raise_clear_errors(kwargs, error, match):
 def test_single_neuron_layers_are_skipped_after_the_output_layer_is_chosen():
     # A one-output head is still the output layer (skipped: no pairs); the layer before it stays hidden.
     model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 1))
-    with pytest.warns(UserWarning, match="skipping layer '2' \\(the output layer\\)"):
+    with pytest.warns(UserWarning, match="skipping layer '2' \\(the output layer\\)") as caught:
         reg = MHE(model)
+    assert {w.filename for w in caught} == {__file__}  # the warning points at the user's line
+    with pytest.warns(UserWarning) as caught:
+        CoMHE(model)
+    assert {w.filename for w in caught} == {__file__}
     assert [(p.name, p.role, p.half_space, p.weight) for p in reg.layers] == [("0", "hidden", True, 1.0)]
     assert close(reg(), original_energy(model[0].weight, 2, True))
     with pytest.warns(UserWarning, match="skipping layer '0': a single"):

@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import child_env
 
 import comhe_kernels
 from comhe_kernels import thomson
@@ -25,7 +25,7 @@ from comhe_kernels.thomson import evaluation, lbfgs, multilevel, solver, sphere,
 
 REL = 1e-9
 # A `python -m comhe_kernels.thomson` child: python's start, `import torch` and loading the
-# extension this process built take 2-5 s here under load (a build, which _child_env avoids,
+# extension this process built take 2-5 s here under load (a build, which child_env avoids,
 # takes minutes); the bound only turns a hang into a failure.
 CHILD_TIMEOUT = 120
 
@@ -400,20 +400,6 @@ def test_interrupt_keeps_the_best_set():
     assert stop.value.result is None
 
 
-def _child_env():
-    """For a `python -m comhe_kernels.thomson` child: the package this process imported
-    (installed in CI, the source tree here) first on its path, and the extension this process
-    loaded (its JIT cache), so that the child loads the library instead of building it (the
-    120 s timeouts under load: from the repository root, the child imported the source tree,
-    which has no ahead-of-time build, and compiled the kernels)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(comhe_kernels.__file__).parents[1]), env.get("PYTHONPATH")]))
-    info = comhe_kernels.build_info()
-    if info.get("how") == "jit":
-        env["COMHE_KERNELS_CACHE"] = str(Path(info["build_dir"]).parent)
-    return env
-
-
 def test_python_dash_m_ctrl_c_saves_the_best(tmp_path):
     """`python -m comhe_kernels.thomson` (no warning that the module was already imported);
     Ctrl-C stops it with exit status 130, no traceback, the best set printed and saved."""
@@ -421,7 +407,7 @@ def test_python_dash_m_ctrl_c_saves_the_best(tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "comhe_kernels.thomson", "300", "--time-limit", "30", "--patience", "10000",
          "--quiet", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_child_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=child_env(),
         # Python turns SIGINT into KeyboardInterrupt only where it was not ignored at its start,
         # and shells start background jobs (a CI run with `&`) with SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),

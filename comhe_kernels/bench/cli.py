@@ -347,7 +347,8 @@ def main(argv: list | None = None, providers: dict | None = None) -> int:
     finish_rows(rows, env, options)
 
     title = f"comhe-bench {stem}: {'; '.join(env['device_names'].values())}, {env['threads']} threads"
-    out.print(results_table(rows, title))
+    for op in dict.fromkeys(r["op"] for r in rows):  # a table per op: each has its own columns
+        out.print(results_table([r for r in rows if r["op"] == op], f"{op}: {title}"))
     for device, _ in ceilings_wanted(plan, options) if not args.dry_run else ():
         if not any(d == device for d, _ in ceilings):
             out.print(f"[yellow]ceilings on {device}: could not be measured (the workers' output: --out)[/yellow]")

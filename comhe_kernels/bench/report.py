@@ -223,6 +223,14 @@ def _fmt_err(row: dict) -> str:
     return f"{e:.1e}" + ("" if g is None else f" / {g:.1e}")
 
 
+def _fmt_status(row: dict) -> str:
+    """The status, with the reason where it says something the row does not
+    (an inaccurate baseline's error is in its error column)."""
+    if row["status"] in ("ok", "inaccurate") or not row.get("reason"):
+        return row["status"]
+    return f"{row['status']}: {row['reason']}"
+
+
 # The table's short names of the ops.
 _OP_NAMES = {"hyperspherical_energy": "energy", "cross_energy": "cross", "uniformity_loss": "uniformity"}
 
@@ -255,7 +263,7 @@ def results_table(rows: list, title: str) -> Table:
             for b in BASELINES
         ),
         ("vs random", lambda r: _fmt_ratio(r.get("time_vs_random"))),
-        ("status", lambda r: r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or ''}"),
+        ("status", _fmt_status),
     ]
     cells = [[cell(r) for _, cell in columns] for r in rows]
     keep = [i for i in range(len(columns)) if any(line[i] for line in cells)]

@@ -23,7 +23,7 @@ from ..ops._autograd import _first_order
 from ..ops.cross_energy import cross_energy, cross_energy_and_grad
 from ..ops import hyperspherical_energy as _op
 from ._group import TAG_BLOCK, TAG_GRAD, TAG_RETURN, Group, as_timedelta
-from ._plan import SCHEDULES, check_schedule, plan
+from ._plan import plan
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -36,7 +36,6 @@ _SHARED = (
     ("power", lambda v: _spec.KINDS[int(v)] + " kind"), ("power", _number), ("half_space", lambda v: str(bool(v))),
     ("eps", _number), ("delta", _number), ("squared_log", lambda v: str(v != 1.0)),
     ("reduction", lambda v: repr(_spec.REDUCTIONS[int(v)])), ("precision", lambda v: repr(_spec.PRECISIONS[int(v)])),
-    ("schedule", lambda v: repr(SCHEDULES[int(v)])),
 )
 _OK, _BAD_ARGUMENT, _NOT_FINITE = 0, 1, 2
 
@@ -46,7 +45,7 @@ def _kwargs(power, half_space, eps, delta, squared_log, backend, precision) -> d
                 backend=backend, precision=precision)
 
 
-def _local_row(x, spec_args, reduction, schedule, timeout, group: Group, needs_grad: bool):
+def _local_row(x, spec_args, reduction, timeout, group: Group, needs_grad: bool):
     """This rank's agreement row (float64, every value exact), its own error if
     any, and its timeout. Every argument is checked here, so that a bad one on
     any rank is reported by all of them after the all-gather."""
@@ -58,7 +57,6 @@ def _local_row(x, spec_args, reduction, schedule, timeout, group: Group, needs_g
         if x.dtype not in _DTYPES:
             raise TypeError(f"x_local must be float16, bfloat16, float32 or float64, got {x.dtype}")
         _spec.check_reduction(reduction)
-        check_schedule(schedule)
         power, half_space, eps, delta, squared_log, precision = spec_args
         spec = _spec.make_spec(power, half_space, eps, delta, squared_log, precision)
         _spec.check_precision(precision, x.dtype)
@@ -75,7 +73,7 @@ def _local_row(x, spec_args, reduction, schedule, timeout, group: Group, needs_g
         row[_NEEDS_GRAD] = float(needs_grad)
         shared = (x.dim(), x3.shape[0], x.shape[-1], _DTYPES.index(x.dtype), _spec.KINDS.index(spec.kind), spec.s,
                   spec.half_space, spec.eps, spec.delta, spec.scale, _spec.REDUCTIONS.index(reduction),
-                  _spec.PRECISIONS.index(precision), SCHEDULES.index(schedule))
+                  _spec.PRECISIONS.index(precision))
         row[5:] = torch.tensor([float(v) for v in shared], dtype=torch.float64)
     except (TypeError, ValueError) as e:
         row[_STATUS], error = _BAD_ARGUMENT, e
@@ -108,11 +106,11 @@ def _agree(group: Group, row: torch.Tensor, error) -> torch.Tensor:
     return table
 
 
-def _ring(x: torch.Tensor, sizes: list[int], group: Group, kw: dict, needs_grad: bool, schedule: str):
+def _ring(x: torch.Tensor, sizes: list[int], group: Group, kw: dict, needs_grad: bool):
     """This rank's share of the union's per-set sums, (B,) float64, and the
     gradient of the union's sums with respect to its rows x (B, n, k), or None."""
     b, n, k = x.shape
-    visits = plan(group.rank, group.world_size, schedule)
+    visits = plan(group.rank, group.world_size)
     factor = 2.0 if kw["half_space"] else 1.0
     block = lambda rank: x.new_empty((b, sizes[rank], k))  # noqa: E731
     nxt, prev = (group.rank + 1) % group.world_size, (group.rank - 1) % group.world_size
@@ -123,7 +121,7 @@ def _ring(x: torch.Tensor, sizes: list[int], group: Group, kw: dict, needs_grad:
         energy, grad = _op.hyperspherical_energy_and_grad(x, reduction="none", **kw)
     else:
         energy, grad = _op.hyperspherical_energy(x, reduction="none", **kw).double(), None
-    travels = needs_grad and visits[0].returns_grad
+    travels = needs_grad
     partial = received = None  # the visitor's gradient from this rank / from the ranks before
     for t, visit in enumerate(visits):
         pending.wait()
@@ -150,7 +148,7 @@ def _ring(x: torch.Tensor, sizes: list[int], group: Group, kw: dict, needs_grad:
                 partial[:, visitor_rows] = factor * gy
         else:
             e = cross_energy(x[:, own_rows], visitor[:, visitor_rows], reduction="none", **kw).double()
-        energy = energy + factor * visit.energy_weight * e
+        energy = energy + factor * e
     pending.wait()
     if travels:
         # The last visitor's gradient goes home; this rank's comes from the rank it visited last.
@@ -164,18 +162,18 @@ def _ring(x: torch.Tensor, sizes: list[int], group: Group, kw: dict, needs_grad:
 
 
 def _sharded(x_local, power, half_space, reduction, eps, delta, squared_log, group, backend, precision,
-             schedule, timeout, needs_grad, op):
+             timeout, needs_grad, op):
     """(energy with the reduction applied, float64; the gradient of x_local or None, in x_local's dtype)."""
     g = Group(group, op)
     spec_args = (power, half_space, eps, delta, squared_log, precision)
-    row, error, g.timeout = _local_row(x_local, spec_args, reduction, schedule, timeout, g, needs_grad)
+    row, error, g.timeout = _local_row(x_local, spec_args, reduction, timeout, g, needs_grad)
     table = _agree(g, row, error)
     sizes = [int(v) for v in table[:, _ROWS]]
     needs_grad = bool(table[:, _NEEDS_GRAD].any())
     batched = x_local.dim() == 3
     x3 = _spec.upcast(x_local.detach() if batched else x_local.detach().unsqueeze(0)).contiguous()
     kw = _kwargs(power, half_space, eps, delta, squared_log, backend, precision)
-    energy, grad = _ring(x3, sizes, g, kw, needs_grad, schedule)
+    energy, grad = _ring(x3, sizes, g, kw, needs_grad)
     energy = g.all_reduce(energy, "summing the energy")
     if reduction == "none":
         return (energy if batched else energy[0]), _shape(grad, x_local)
@@ -207,11 +205,10 @@ class _ShardedEnergy(torch.autograd.Function):
         return _first_order(grad_energy, grad, x_local), None
 
 
-def _world_size(group, schedule, timeout, op: str) -> int:
-    """The group's size; a one-rank world (the plain op) checks the ring's own arguments here."""
+def _world_size(group, timeout, op: str) -> int:
+    """The group's size; a one-rank world (the plain op) checks the timeout here."""
     world_size = Group(group, op).world_size
     if world_size == 1:
-        check_schedule(schedule)
         as_timedelta(timeout)
     return world_size
 
@@ -228,7 +225,6 @@ def hyperspherical_energy(
     group=None,
     backend: str = "auto",
     precision: str = "auto",
-    schedule: str = "once",
     timeout=None,
 ) -> torch.Tensor:
     r"""The hyperspherical energy of the union of every rank's rows, differentiable in this rank's rows.
@@ -245,15 +241,12 @@ def hyperspherical_energy(
     Args: as :func:`comhe_kernels.hyperspherical_energy`, plus
         group: the process group (None: the default one). gloo takes CPU
             tensors, NCCL CUDA tensors. A one-rank group computes the plain op.
-        schedule: "once" (each pair of blocks computed on one rank, the
-            visited block's gradient sent back to it) or "twice" (on both of
-            its ranks, no gradient traffic); docs/distributed.md measures them.
         timeout: seconds (or a timedelta) that a rank waits for any message
             before it raises; None: the process group's timeout.
 
     Every rank must make the same call: the ranks first compare k, dtype,
-    ndim, B, power, half_space, eps, delta, squared_log, reduction,
-    precision and schedule (one small all-gather) and all raise the same
+    ndim, B, power, half_space, eps, delta, squared_log, reduction and
+    precision (one small all-gather) and all raise the same
     ValueError where they disagree, where one of them got a bad argument
     or a NaN/Inf row. A rank that fails, leaves or stalls later makes the
     others raise RuntimeError within the timeout.
@@ -265,12 +258,12 @@ def hyperspherical_energy(
 
         comhe_kernels.hyperspherical_energy(torch.cat(all_ranks_rows, dim=-2), power, ...)
     """
-    if _world_size(group, schedule, timeout, "hyperspherical_energy") == 1:
+    if _world_size(group, timeout, "hyperspherical_energy") == 1:
         return _op.hyperspherical_energy(
             x_local, power, half_space=half_space, reduction=reduction, eps=eps, delta=delta,
             squared_log=squared_log, backend=backend, precision=precision,
         )
-    args = (power, half_space, reduction, eps, delta, squared_log, group, backend, precision, schedule, timeout)
+    args = (power, half_space, reduction, eps, delta, squared_log, group, backend, precision, timeout)
     if torch.is_grad_enabled() and isinstance(x_local, torch.Tensor) and x_local.requires_grad:
         return _ShardedEnergy.apply(x_local, args)
     energy, _ = _sharded(x_local, *args, needs_grad=False, op="hyperspherical_energy")
@@ -289,16 +282,15 @@ def hyperspherical_energy_and_grad(
     group=None,
     backend: str = "auto",
     precision: str = "auto",
-    schedule: str = "once",
     timeout=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`hyperspherical_energy` (default reduction "sum") and the gradient of
     its sum with respect to this rank's rows, without an autograd graph (the
     sharded Thomson solver). The energy is float64 and the same on every rank."""
-    if _world_size(group, schedule, timeout, "hyperspherical_energy_and_grad") == 1:
+    if _world_size(group, timeout, "hyperspherical_energy_and_grad") == 1:
         return _op.hyperspherical_energy_and_grad(
             x_local, power, half_space=half_space, reduction=reduction, eps=eps, delta=delta,
             squared_log=squared_log, backend=backend, precision=precision,
         )
-    args = (power, half_space, reduction, eps, delta, squared_log, group, backend, precision, schedule, timeout)
+    args = (power, half_space, reduction, eps, delta, squared_log, group, backend, precision, timeout)
     return _sharded(x_local, *args, needs_grad=True, op="hyperspherical_energy_and_grad")

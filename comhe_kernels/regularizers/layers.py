@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -114,6 +116,17 @@ def _role_layer(arg: str, value, auto, names: list) -> str | None:
     return value
 
 
+def _caller_outside_package() -> int:
+    """The stacklevel of the first frame outside comhe_kernels/regularizers, for
+    a warning raised in its caller: the user's line whether the regularizer
+    was built as CoMHE(...), MHE(...) or through plan_layers."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def plan_layers(
     model: nn.Module,
     variant: str,
@@ -169,7 +182,8 @@ def plan_layers(
         output = n == output_layer
         if shape[0] < 2:
             role = " (the output layer)" if output else ""
-            warnings.warn(f"comhe_kernels: skipping layer {n!r}{role}: a single neuron has no pairs", stacklevel=3)
+            warnings.warn(f"comhe_kernels: skipping layer {n!r}{role}: a single neuron has no pairs",
+                          stacklevel=_caller_outside_package())
             continue
         fan_in, in_channels = math.prod(shape[1:]), shape[1]
         mode, groups = "plain", 1

@@ -170,7 +170,7 @@ Result run_cpu(const Input& X, const EnergyParams& P) {
   r.energy.assign(size_t(X.L.B), 0.0);
   r.gx.assign(size_t(X.L.B * X.L.N * X.L.k), 0.0);
   const comhe::KernelStatus st =
-      comhe::hyperspherical_energy_cpu<double>(X.x.data(), X.L, P, r.energy.data(), r.gx.data(), 2);
+      comhe::cpu::hyperspherical_energy<double>(X.x.data(), X.L, P, r.energy.data(), r.gx.data(), 2);
   r.status.bad_x = st.ok ? -1 : st.bad_set * X.L.N + st.bad_row;
   return r;
 }

@@ -2,31 +2,12 @@
 // functions against libm, and the kernel against a literal long-double
 // evaluation of the definition (half space as the explicit set of 2N points),
 // its gradient against central differences of that evaluation.
-#include <cmath>
-#include <cstdio>
-#include <random>
-#include <vector>
-
-#include "comhe/hyperspherical_energy.h"
 #include "comhe/simd.h"
+#include "definition.h"
 
 namespace {
 
-int failures = 0;
-
-#define CHECK(cond, ...)                                    \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      ++failures;                                           \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                             \
-      std::printf("\n");                                    \
-    }                                                       \
-  } while (0)
-
-using comhe::EnergyParams;
-using comhe::Kind;
-using LD = long double;
+using namespace testing;
 
 // ---- elementary functions ------------------------------------------------------
 
@@ -83,54 +64,6 @@ void test_elementary_functions() {
               e_exp / ulp, e_rsqrt / ulp, e_atan / ulp);
 }
 
-// ---- the definition, literally, in long double --------------------------------
-
-LD pair_f(const LD* p, const LD* q, LD ap, LD aq, int k, const EnergyParams& P) {
-  LD d2 = ap + aq, d2p = ap + aq;
-  for (int c = 0; c < k; ++c) {
-    d2 += (p[c] - q[c]) * (p[c] - q[c]);
-    d2p += (p[c] + q[c]) * (p[c] + q[c]);
-  }
-  if (P.kind == Kind::Chordal) return P.s == 0 ? -0.5L * std::log(d2) : std::pow(d2, -LD(P.s) / 2);
-  if (P.kind == Kind::Gaussian) return std::exp(-LD(P.s) * d2);
-  LD theta = 2 / M_PIl * std::atan2(std::sqrt(d2), std::sqrt(d2p)) + LD(P.delta);
-  return P.s == 0 ? -std::log(theta) : std::pow(theta, -LD(P.s));
-}
-
-LD energy_ld(const std::vector<LD>& x, int n, int k, const EnergyParams& P) {
-  const int m = P.half_space ? 2 * n : n;  // half space: the points [u; -u]
-  std::vector<LD> u(size_t(m) * k), a(m);
-  for (int i = 0; i < n; ++i) {
-    LD nn = 0;
-    for (int c = 0; c < k; ++c) nn += x[i * k + c] * x[i * k + c];
-    for (int c = 0; c < k; ++c) u[i * k + c] = x[i * k + c] / std::sqrt(nn + LD(P.eps));
-    a[i] = LD(P.eps) / (nn + LD(P.eps));
-    if (P.half_space) {
-      for (int c = 0; c < k; ++c) u[(n + i) * k + c] = -u[i * k + c];
-      a[n + i] = a[i];
-    }
-  }
-  LD e = 0;
-  for (int i = 0; i < m; ++i)
-    for (int j = i + 1; j < m; ++j) e += pair_f(&u[i * k], &u[j * k], a[i], a[j], k, P);
-  return e;
-}
-
-template <class T>
-std::vector<T> random_points(int B, int n, int k, bool plant_close_pairs) {
-  std::mt19937 rng(n * 131 + k);
-  std::normal_distribution<double> normal;
-  std::vector<T> x(size_t(B) * n * k);
-  for (auto& v : x) v = T(normal(rng));
-  if (plant_close_pairs && n > 3)  // an exact duplicate and a near antipode in every set
-    for (int b = 0; b < B; ++b)
-      for (int c = 0; c < k; ++c) {
-        x[(b * n + 1) * k + c] = x[b * n * k + c];
-        x[(b * n + 2) * k + c] = T(-x[b * n * k + c] * 1.0001);
-      }
-  return x;
-}
-
 // Energy against the definition, with close pairs planted; gradient against
 // central differences of the definition on separated points (at close pairs
 // the differences' truncation error, h^4 f^(5), would swamp the comparison).
@@ -142,7 +75,7 @@ void test_kernel_against_definition(int n, int k, EnergyParams P, double tol_e, 
   for (bool planted : {true, false}) {
     std::vector<T> x = random_points<T>(B, n, k, planted);
     std::vector<T> grad(x.size());
-    auto st = comhe::hyperspherical_energy_cpu<T>(x.data(), L, P, energy.data(), grad.data(), 2);
+    auto st = comhe::cpu::hyperspherical_energy<T>(x.data(), L, P, energy.data(), grad.data(), 2);
     CHECK(st.ok, "status");
     for (int b = 0; b < B; ++b) {
       std::vector<LD> xs(x.begin() + b * n * k, x.begin() + (b + 1) * n * k);
@@ -150,22 +83,8 @@ void test_kernel_against_definition(int n, int k, EnergyParams P, double tol_e, 
       CHECK(std::fabs(energy[b] - e_ref) <= tol_e * std::fabs(e_ref), "n=%d k=%d kind=%d s=%g half=%d: %.17g vs %.17Lg",
             n, k, int(P.kind), P.s, int(P.half_space), energy[b], e_ref);
       if (planted) continue;
-      // fourth-order central differences in long double on at most 12
-      // coordinates: truncation h^4 and rounding 1e-19 |E| / h both below 1e-11
-      double gmax = 1, gerr = 0;  // scale floor 1: one pair's O(1) terms (see tests/conftest.py)
-      for (int i = 0; i < n * k; i += std::max(1, n * k / 12)) {
-        const LD keep = xs[i], h = 1e-4L * std::max<LD>(1, std::fabs(keep));
-        LD f[4];
-        const LD steps[4] = {-2, -1, 1, 2};
-        for (int t = 0; t < 4; ++t) {
-          xs[i] = keep + steps[t] * h;
-          f[t] = energy_ld(xs, n, k, P);
-        }
-        xs[i] = keep;
-        const double g_ref = double((f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h));
-        gmax = std::max(gmax, std::fabs(g_ref));
-        gerr = std::max(gerr, std::fabs(double(grad[b * n * k + i]) - g_ref));
-      }
+      double gerr, gmax;
+      gradient_error(xs, grad.data() + b * n * k, [&] { return energy_ld(xs, n, k, P); }, gerr, gmax);
       CHECK(gerr <= tol_g * gmax, "gradient n=%d k=%d kind=%d s=%g half=%d: error %.3g of %.3g", n, k, int(P.kind),
             P.s, int(P.half_space), gerr, gmax);
     }
@@ -180,10 +99,7 @@ void test_definitions() {
       for (bool half : {false, true})
         for (int n : {1, 2, 7, 45})
           for (int k : {3, 20}) {
-            EnergyParams P;
-            P.kind = kind;
-            P.s = s;
-            P.half_space = half;
+            const EnergyParams P = params(kind, s, half);
             // float64: 1e-12 as in tests/conftest.py; gradient limited by the differences (1e-11)
             test_kernel_against_definition<double>(n, k, P, 1e-12, 1e-9);
             // float32: the accuracy contract, 1e-6 energy, 1e-3 gradient
@@ -198,7 +114,7 @@ void test_non_finite_rows_are_reported() {
   x[(2 * 20 + 15) * 4 + 0] = INFINITY;
   std::vector<double> e(3);
   comhe::PointsLayout L{3, 20, 4, 80, 4, 1};
-  auto st = comhe::hyperspherical_energy_cpu<float>(x.data(), L, EnergyParams{}, e.data(), nullptr, 2);
+  auto st = comhe::cpu::hyperspherical_energy<float>(x.data(), L, EnergyParams{}, e.data(), nullptr, 2);
   CHECK(!st.ok && st.bad_set == 2 && st.bad_row == 13, "status %d set %lld row %lld", int(st.ok),
         (long long)st.bad_set, (long long)st.bad_row);
 }
@@ -212,8 +128,8 @@ void test_thread_count_independence() {
   comhe::PointsLayout L{1, n, k, n * k, k, 1};
   double e1, e4;
   std::vector<float> g1(x.size()), g4(x.size());
-  comhe::hyperspherical_energy_cpu<float>(x.data(), L, EnergyParams{}, &e1, g1.data(), 1);
-  comhe::hyperspherical_energy_cpu<float>(x.data(), L, EnergyParams{}, &e4, g4.data(), 4);
+  comhe::cpu::hyperspherical_energy<float>(x.data(), L, EnergyParams{}, &e1, g1.data(), 1);
+  comhe::cpu::hyperspherical_energy<float>(x.data(), L, EnergyParams{}, &e4, g4.data(), 4);
   CHECK(e1 == e4 && g1 == g4, "1 thread %.17g vs 4 threads %.17g", e1, e4);
 }
 
@@ -225,10 +141,5 @@ int main() {
   test_definitions();
   test_non_finite_rows_are_reported();
   test_thread_count_independence();
-  if (failures) {
-    std::printf("%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("all checks passed\n");
-  return 0;
+  return report();
 }

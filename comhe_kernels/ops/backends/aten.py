@@ -12,10 +12,10 @@ import torch
 
 from ... import _extension
 from .._autograd import OpFunctions
-from .._registry import Backend, register
+from .._registry import Backend, constant_for_compile, register
 
 
-@torch._dynamo.assume_constant_result
+@constant_for_compile
 def _extension_error():
     """The extension's load status; torch.compile takes it as a constant
     instead of tracing the loader (file hashing, a possible build)."""
@@ -56,7 +56,9 @@ register(
         devices=("cuda",),
         unavailable=lambda op, device_type: _unavailable("CUDA", op, device_type),
         load=_load,
-        auto_rank=0,
+        # after triton (rank 1) until a GPU run shows it faster on a case
+        # (issue 18); no GPU has run it yet (docs/cuda.md)
+        auto_rank=2,
         summary="the fused op, CUDA C++ (csrc/cuda)",
         precisions=("auto", "ieee", "tf32x3", "tf32", "bf16"),
     )

@@ -27,18 +27,24 @@ struct PointsLayout {
 struct KernelStatus {
   bool ok = true;
   int64_t bad_set = -1, bad_row = -1;  // first row holding NaN or Inf
+  int bad_input = 0;                   // in which input: 0 x, 1 y (the cross-set op's second set)
 };
 
-// energy: B doubles (the sums over pairs, in float64 accumulation).
-// grad: B*N*k values, contiguous (B, N, k), or nullptr to skip the gradient.
-// Non-finite input returns ok = false and leaves the outputs unspecified.
-template <class T>
-KernelStatus hyperspherical_energy_cpu(const T* x, const PointsLayout& layout, const EnergyParams& params,
-                                       double* energy, T* grad, int num_threads);
+namespace cpu {
 
-extern template KernelStatus hyperspherical_energy_cpu<float>(const float*, const PointsLayout&,
-                                                              const EnergyParams&, double*, float*, int);
-extern template KernelStatus hyperspherical_energy_cpu<double>(const double*, const PointsLayout&,
-                                                               const EnergyParams&, double*, double*, int);
+// The CPU kernel (csrc/cpu/core). energy: B doubles (the sums over pairs, in
+// float64 accumulation). grad: B*N*k values, contiguous (B, N, k), or nullptr
+// to skip the gradient. Non-finite input returns ok = false and leaves the
+// outputs unspecified.
+template <class T>
+KernelStatus hyperspherical_energy(const T* x, const PointsLayout& layout, const EnergyParams& params,
+                                   double* energy, T* grad, int num_threads);
+
+extern template KernelStatus hyperspherical_energy<float>(const float*, const PointsLayout&, const EnergyParams&,
+                                                          double*, float*, int);
+extern template KernelStatus hyperspherical_energy<double>(const double*, const PointsLayout&, const EnergyParams&,
+                                                           double*, double*, int);
+
+}  // namespace cpu
 
 }  // namespace comhe

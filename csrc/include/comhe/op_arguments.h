@@ -1,5 +1,5 @@
 // The argument checks of the two ops, shared by every backend's ATen glue
-// (csrc/cuda; csrc/cpu may use it too), so that each rejects bad input with
+// (csrc/cpu, csrc/cuda), so that each rejects bad input with
 // the same message. Not torch-free: the kernels' interfaces are
 // hyperspherical_energy.h and csrc/cuda/hyperspherical_energy_cuda.h.
 #pragma once

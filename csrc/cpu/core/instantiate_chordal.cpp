@@ -1,0 +1,11 @@
+// The chordal energies of both ops of the CPU kernel, float32 and float64 (see solve.h).
+#include "schedule.h"
+
+using comhe::Kind;
+using comhe::cpu::detail::Points;
+template void comhe::cpu::detail::solve<float, Kind::Chordal>(Points<float>&, double*, float*, int);
+template void comhe::cpu::detail::solve<double, Kind::Chordal>(Points<double>&, double*, double*, int);
+template void comhe::cpu::detail::solve_cross<float, Kind::Chordal>(Points<float>&, Points<float>&, double*, float*,
+                                                                  float*, int);
+template void comhe::cpu::detail::solve_cross<double, Kind::Chordal>(Points<double>&, Points<double>&, double*,
+                                                                   double*, double*, int);

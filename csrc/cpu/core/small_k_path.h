@@ -1,0 +1,201 @@
+// The few-coordinates path of the pair loop, k <= K <= 8 (torch-free): the
+// three phases of tile_pair fused into one pass over every tile of the
+// opposite super-tile, two rows at a time. The rows' distances, weights and
+// gradient partial sums stay in registers (reduced once per super-tile, not
+// once per tile), the two rows share the loads of the opposite points and
+// one read-modify-write of their gradient accumulators, and no W buffer is
+// written. At k = 3 the elementwise math dominates, so every instruction
+// saved around it counts.
+//
+// Here d2 = ||u_j - u_i||^2 + a_i + a_j and d2p = ||u_j + u_i||^2 + a_i + a_j
+// are computed in that form, from the differences and sums of coordinates:
+// their error comes from the rounding of u alone, ~2e-7 d relative to
+// d2 = d^2 in float32 instead of the gram form's 2.4e-7 absolute, so only
+// pairs with ||u_j -+ u_i||^2 < tau^2 (2^-16 for s <= 1: 2^-18 of the pairs
+// at k = 3, against 2^-10) go to the float64 refinement, with the same
+// worst-case error per pair; against the gram form the float32 gradient
+// error is 10x (s = 1) to 100x (s = 2, half-space, angular) smaller.
+// The gradient uses the same differences and sums: V_i += alpha (u_i - u_j)
+// + beta (u_i + u_j), V_j += alpha (u_j - u_i) + beta (u_i + u_j),
+// Aref_i, Aref_j += alpha + beta, as for refined pairs (prologue_epilogue.h).
+// The gram form's V_i += (beta - alpha) u_j would add a close pair's
+// large alpha along u_j, whose float32 rounding (alpha 6e-8) swamps the
+// pair's force alpha |u_i - u_j|: 0.5 of max |g| off at k = 8 with
+// eps = 1e-4 and planted near-duplicates.
+#pragma once
+
+#include "close_pairs.h"
+
+namespace comhe {
+namespace cpu {
+namespace detail {
+
+constexpr int kSmallRows = 2;
+
+// One vector of W points v*W.. of tile J against the rows. Masked: partial
+// vectors (the diagonal tile's j <= i, the last tile's padding, a missing
+// second row) get lane masks, and pairs closer than tau are left to the
+// caller (near_out). Unmasked (full vectors, ~all the work; valid and
+// near_out unused): returns false, having changed nothing, if any pair is that
+// close, and the caller redoes the vector masked. The masks and their moves
+// through scalar registers had been ~20 of the loop's ~90 instructions
+// (N = 65536, k = 3 fwd+bwd 6% faster without them).
+template <class T, class E, int K, bool Grad, bool Masked>
+__attribute__((always_inline)) inline bool small_vector(
+    const T (&ui)[kSmallRows][K], const T (&ai)[kSmallRows], const typename simd::Mask<T>::M (&valid)[kSmallRows],
+    const T* ub, const T* ab, T* vb, T* zb, int v, T s, T delta, T tau_diff,
+    typename Points<T>::V (&racc)[kSmallRows][K], typename Points<T>::V (&zacc)[kSmallRows],
+    typename Points<T>::V& fsum, typename simd::Mask<T>::M (&near_out)[kSmallRows]) {
+  using V = typename Points<T>::V;
+  using Mk = simd::Mask<T>;
+  constexpr int W = Points<T>::W;
+  V ubv[K];
+  for (int c = 0; c < K; ++c) ubv[c] = load<V>(ub + c * TS + v * W);
+  V diff[kSmallRows][K], sum[kSmallRows][K], dd[kSmallRows], ddp[kSmallRows];
+  typename Mk::M near[kSmallRows];
+  for (int r = 0; r < kSmallRows; ++r) {
+    dd[r] = V{};
+    ddp[r] = V{};
+    for (int c = 0; c < K; ++c) {
+      diff[r][c] = ubv[c] - ui[r][c];
+      dd[r] += diff[r][c] * diff[r][c];
+      if constexpr (E::uses_d2p) {
+        sum[r][c] = ubv[c] + ui[r][c];
+        ddp[r] += sum[r][c] * sum[r][c];
+      }
+    }
+    // ||u_j -+ u_i||^2, not d2: with eps > 0, d2 >= a_i + a_j keeps a near-duplicate
+    // pair's alpha bounded but its direction u_j - u_i is lost to the rounding of u
+    if constexpr (Masked) {
+      near[r] = Mk::lt(dd[r], tau_diff);
+      if constexpr (E::uses_d2p) near[r] |= Mk::lt(ddp[r], tau_diff);
+    }
+  }
+  if constexpr (!Masked) {  // one compare of the smallest: ~1% faster than one per row
+    V m = E::uses_d2p ? simd::vmin(dd[0], ddp[0]) : dd[0];
+    for (int r = 1; r < kSmallRows; ++r) {
+      m = simd::vmin(m, dd[r]);
+      if constexpr (E::uses_d2p) m = simd::vmin(m, ddp[r]);
+    }
+    if (Mk::any(Mk::lt(m, tau_diff))) return false;
+  }
+  const V abv = load<V>(ab + v * W);
+  V wa[kSmallRows], wb[kSmallRows];
+  for (int r = 0; r < kSmallRows; ++r) {
+    const V aij = ai[r] + abv;
+    V F, al, be;
+    E::eval(dd[r] + aij, ddp[r] + aij, s, delta, F, al, be);
+    if constexpr (Masked) {
+      const auto ok = valid[r] & ~near[r];
+      near_out[r] = valid[r] & near[r];
+      fsum = Mk::add(fsum, ok, F);
+      wa[r] = Mk::keep(ok, al);
+      if constexpr (E::uses_d2p) wb[r] = Mk::keep(ok, be);
+    } else {
+      // not fsum += F, which the compiler may contract with a product in F
+      // where the gradient does not use it (s = 1 forward alone): the energy
+      // would then depend on whether the gradient was asked for
+      fsum = Mk::add(fsum, Mk::all(), F);
+      wa[r] = al;
+      wb[r] = be;
+    }
+  }
+  if constexpr (Grad) {
+    for (int c = 0; c < K; ++c) {
+      V col = load<V>(vb + c * TS + v * W);
+      for (int r = 0; r < kSmallRows; ++r) {
+        racc[r][c] -= wa[r] * diff[r][c];
+        col += wa[r] * diff[r][c];
+        if constexpr (E::uses_d2p) {
+          racc[r][c] += wb[r] * sum[r][c];
+          col += wb[r] * sum[r][c];
+        }
+      }
+      store(vb + c * TS + v * W, col);
+    }
+    V zcol = load<V>(zb + v * W);
+    for (int r = 0; r < kSmallRows; ++r) {
+      const V z = E::uses_d2p ? wa[r] + wb[r] : wa[r];
+      zacc[r] += z;
+      zcol += z;
+    }
+    store(zb + v * W, zcol);
+  }
+  return true;
+}
+
+// All pairs of the rows of super-tile S of A with the points of super-tile
+// Sb of Bp, set b; diag: the same super-tile of the same set (pairs i < j).
+// Grad is a template argument: as a run-time flag it cost the forward-only
+// call 10% (N = 65536, k = 3), its loop then carrying the gradient's
+// pointers and a branch per vector.
+template <class T, class E, int K, bool Grad>
+double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int64_t Sb, int64_t b, bool diag) {
+  using V = typename Points<T>::V;
+  using Mk = simd::Mask<T>;
+  constexpr int W = Points<T>::W, R = kSmallRows;
+  const int64_t t0 = S * A.q, t1 = std::min(A.nT, t0 + A.q);
+  const int64_t u0 = Sb * Bp.q, u1 = std::min(Bp.nT, u0 + Bp.q);
+  // locals: stores through vb could alias the members as far as the compiler knows
+  const T s = T(A.P.s), delta = T(A.P.delta), tau = A.tau_diff;
+  double energy = 0;
+  for (int64_t ta = t0; ta < t1; ++ta) {
+    const T* ua = A.ut(b, ta);
+    const T* aa = A.at.get() + b * A.Npad + ta * TS;
+    const int nA = A.rows_in(ta);
+    for (int i0 = 0; i0 < nA; i0 += R) {
+      T ui[R][K], ai[R];
+      for (int r = 0; r < R; ++r) {  // padding rows read zeros; their lanes are masked below
+        for (int c = 0; c < K; ++c) ui[r][c] = ua[c * TS + i0 + r];
+        ai[r] = aa[i0 + r];
+      }
+      V racc[R][K] = {}, zacc[R] = {};  // the rows' gradient partial sums, lane-wise, over the whole super-tile
+      simd::vdouble esum = {};
+      for (int64_t tb = (diag ? ta : u0); tb < u1; ++tb) {
+        const T* ub = Bp.ut(b, tb);
+        const T* ab = Bp.at.get() + b * Bp.Npad + tb * TS;
+        T* vb = Grad ? Bp.vt(b, tb) : nullptr;
+        T* zb = Grad ? Bp.zt.get() + b * Bp.Npad + tb * TS : nullptr;
+        const int nB = Bp.rows_in(tb);
+        int jlo[R];
+        for (int r = 0; r < R; ++r) jlo[r] = i0 + r >= nA ? TS : diag && tb == ta ? i0 + r + 1 : 0;
+        int jmax = 0;  // vectors before jlo[0] hold no pairs; full ones need no masks
+        for (int r = 0; r < R; ++r) jmax = std::max(jmax, jlo[r]);
+        const int vfirst = jlo[0] / W, vlast = (nB + W - 1) / W;
+        const int ffirst = (jmax + W - 1) / W, flast = nB / W;
+        V fsum = {};
+        for (int v = vfirst; v < vlast; ++v) {
+          typename Mk::M valid[R], near[R];
+          if (v >= ffirst && v < flast &&
+              small_vector<T, E, K, Grad, false>(ui, ai, valid, ub, ab, vb, zb, v, s, delta, tau, racc, zacc, fsum,
+                                                 near))
+            continue;
+          for (int r = 0; r < R; ++r)
+            valid[r] = v >= ffirst && v < flast ? Mk::all() : Mk::lanes(jlo[r] - v * W, nB - v * W);
+          small_vector<T, E, K, Grad, true>(ui, ai, valid, ub, ab, vb, zb, v, s, delta, tau, racc, zacc, fsum, near);
+          typename Mk::M near_any = near[0];
+          for (int r = 1; r < R; ++r) near_any |= near[r];
+          if (Mk::any(near_any))  // rare: pairs left out above, recomputed in float64
+            for (int r = 0; r < R; ++r)
+              for (int l = 0; l < W; ++l)
+                if (Mk::test(near[r], l)) energy += refine_pair<T, E>(A, ta, i0 + r, Bp, tb, v * W + l, b, Grad);
+        }
+        esum += simd::widen_sum(fsum);
+      }
+      energy += simd::hsum(esum);
+      if constexpr (Grad) {
+        T* va = A.vt(b, ta);
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < K; ++c)  // constant indices keep racc in registers
+            if (c < A.L.k && i0 + r < nA) va[c * TS + i0 + r] += simd::hsum_same(racc[r][c]);
+        for (int r = 0; r < R; ++r)
+          if (i0 + r < nA) A.aref[b * A.Npad + ta * TS + i0 + r] += simd::hsum(zacc[r]);
+      }
+    }
+  }
+  return energy;
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace comhe

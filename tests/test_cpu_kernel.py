@@ -1,0 +1,145 @@
+"""The CPU kernel's own tests (csrc/cpu): the cross-set op on each of the
+kernel's code paths, its float32 contract at full size, thread-count
+independence, opcheck. The op tests over every backend are in
+test_hyperspherical_energy.py and test_cross_energy.py; tolerances in conftest.py.
+"""
+
+import pytest
+import torch
+from conftest import assert_energy_close, assert_grad_close, reference_cross_energy_and_grad
+
+import comhe_kernels
+from comhe_kernels import cross_energy_and_grad, num_cross_pairs
+
+pytestmark = pytest.mark.skipif(
+    "cpu" not in comhe_kernels.available_backends("cross_energy", "cpu"),
+    reason="the CPU kernel did not load",
+)
+
+
+def cpu_cross(x, y, power, **kw):
+    return cross_energy_and_grad(x, y, power, reduction="sum", backend="cpu", **kw)
+
+
+# k -> the kernel's path: the small-k path's K = 3 (k <= 3), 4, 8 (5 to 8), the
+# gram path (k > 8; in float32 with Winograd pairs over k padded to 4)
+COORDINATE_PATHS = [1, 2, 3, 4, 5, 8, 9, 12, 40]
+
+
+@pytest.mark.parametrize("k", COORDINATE_PATHS)
+@pytest.mark.parametrize("power, half_space", [(1, False), (2, True), ("a1", True), ("g2", False)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cross_energy_paths_match_reference(k, power, half_space, dtype):
+    """Ragged sizes: partial vectors and padded tiles on both sides (67 = 64 + 3
+    rows, 130 = 2 x 64 + 2), batched, with a near copy and a near antipode of
+    rows of x in y: pairs for the float64 refinement in both paths, at chords
+    ~1e-3 that float64 input still determines to 1e-12 (conftest.ill_conditioned)."""
+    x = torch.randn(2, 67, k, dtype=torch.float64)
+    y = torch.randn(2, 130, k, dtype=torch.float64)
+    y[:, 5] = x[:, 66] + 1e-3 * torch.randn(2, k, dtype=torch.float64)
+    y[:, 129] = -x[:, 3] + 1e-3 * torch.randn(2, k, dtype=torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
+    kw = dict(half_space=half_space, reduction="none")
+    e, gx, gy = cross_energy_and_grad(x, y, power, backend="cpu", **kw)
+    e_ref, gx_ref, gy_ref = reference_cross_energy_and_grad(x, y, power, **kw)
+    assert_energy_close(e, e_ref, dtype, num_cross_pairs(67, 130, half_space))
+    assert_grad_close(gx, gx_ref, dtype)
+    assert_grad_close(gy, gy_ref, dtype)
+
+
+def _close_pairs_between(n, m, k, exact):
+    """x, y random, y holding near copies and near antipodes of rows of x (and
+    with exact, exact ones): some in the same tile position as their partner
+    (j = i), some far from it (j = i + m / 2), so that both the masked and the
+    unmasked vectors of the kernels meet them."""
+    x = torch.randn(n, k, dtype=torch.float64)
+    y = torch.randn(m, k, dtype=torch.float64)
+    c, h = min(n, m) // 50, m // 2
+    noise = lambda scale: scale * torch.randn(c, k, dtype=torch.float64)
+    y[0:c] = x[0:c] + noise(1e-5)
+    y[c : 2 * c] = -x[c : 2 * c] + noise(1e-6)
+    y[h : h + c] = x[2 * c : 3 * c] + noise(1e-5)
+    y[h + c : h + 2 * c] = -x[3 * c : 4 * c] + noise(1e-6)
+    if exact:
+        y[h + 2 * c] = x[4 * c]
+        y[h + 2 * c + 1] = -x[4 * c + 1]
+    return x.float(), y.float()
+
+
+@pytest.mark.parametrize(
+    "k, power, half_space, eps",
+    [
+        (3, 1, False, 0.0),
+        (3, 2, True, 1e-4),
+        (3, "a1", True, 1e-4),
+        (32, 1, False, 1e-4),
+        (32, 2, True, 1e-4),
+    ],
+)
+def test_cross_energy_float32_contract(k, power, half_space, eps):
+    """float32 input, N = M = 16384: energy within 1e-6 relative and gradients
+    within 1e-3 of max |g| of the float64 evaluation of the same input, close
+    and antipodal pairs between the sets included (exact copies too where
+    eps > 0 keeps their energy finite)."""
+    x, y = _close_pairs_between(16384, 16384, k, exact=eps > 0)
+    kw = dict(half_space=half_space, eps=eps)
+    e32, gx32, gy32 = cpu_cross(x, y, power, **kw)
+    e64, gx64, gy64 = cpu_cross(x.double(), y.double(), power, **kw)
+    assert abs(e32.item() - e64.item()) <= 1e-6 * abs(e64.item())
+    assert_grad_close(gx32, gx64, torch.float32)
+    assert_grad_close(gy32, gy64, torch.float32)
+
+
+@pytest.mark.parametrize("k", [3, 20])
+@pytest.mark.parametrize("n, m", [(2850, 1000), (1000, 2850)])
+def test_cross_energy_independent_of_thread_count(k, n, m):
+    """45 and 16 tiles: super-tile grids of unequal sides in both orders, so that
+    tasks wait for the previous round of the larger set's super-tiles (the
+    Latin rectangle of schedule.h); 3 threads: more than this machine's cores."""
+    x, y = torch.randn(2, n, k), torch.randn(2, m, k)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            results.append(cpu_cross(x, y, 1, half_space=True))
+    finally:
+        torch.set_num_threads(threads)
+    for e, gx, gy in results[1:]:
+        assert torch.equal(e, results[0][0]) and torch.equal(gx, results[0][1]) and torch.equal(gy, results[0][2])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (torch.randn(2, 37, 3), torch.randn(2, 20, 3), "chordal", 1.0, False, 1e-4, 1e-4, True),
+        (torch.randn(1, 70, 19, dtype=torch.float64), torch.randn(1, 9, 19, dtype=torch.float64), "angular", 2.0, True,
+         0.0, 1e-4, True),
+        (torch.randn(3, 5, 2), torch.randn(3, 0, 2), "chordal", 0.0, True, 1e-4, 1e-4, False),
+        (torch.randn(2, 9, 4, dtype=torch.float64, requires_grad=True),
+         torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True), "gaussian", 2.0, False, 1e-4, 1e-4, True),
+    ],
+)
+def test_cross_energy_opcheck(args):
+    torch.library.opcheck(torch.ops.comhe.cross_energy.default, args)
+
+
+def test_cross_energy_op_level_checks_name_the_argument():
+    op = torch.ops.comhe.cross_energy.default
+    x, y = torch.randn(2, 5, 3), torch.randn(2, 4, 3)
+    args = ("chordal", 1.0, False, 1e-4, 1e-4, True)
+    with pytest.raises(ValueError, match="comhe::cross_energy: y must have shape \\(B, N, k\\)"):
+        op(x, y[0], *args)
+    with pytest.raises(ValueError, match="the same number of sets B"):
+        op(x, y[:1], *args)
+    with pytest.raises(ValueError, match="the same k"):
+        op(x, y[..., :2], *args)
+    with pytest.raises(TypeError, match="the same dtype"):
+        op(x, y.double(), *args)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        op(x.half(), y.half(), *args)
+    with pytest.raises(ValueError, match="precision must be 'auto' or 'ieee'"):
+        op(x, y, *args, "tf32")
+    y[1, 2, 0] = float("inf")
+    with pytest.raises(ValueError, match="y contains NaN or Inf \\(set 1, row 2\\)"):
+        op(x, y, *args)
