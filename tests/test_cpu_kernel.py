@@ -4,9 +4,14 @@ independence, opcheck. The op tests over every backend are in
 test_hyperspherical_energy.py and test_cross_energy.py; tolerances in conftest.py.
 """
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
-from conftest import assert_energy_close, assert_grad_close, reference_cross_energy_and_grad
+from conftest import assert_energy_close, assert_grad_close, child_env, reference_cross_energy_and_grad
 
 import comhe_kernels
 from comhe_kernels import cross_energy_and_grad, num_cross_pairs
@@ -143,3 +148,65 @@ def test_cross_energy_op_level_checks_name_the_argument():
     y[1, 2, 0] = float("inf")
     with pytest.raises(ValueError, match="y contains NaN or Inf \\(set 1, row 2\\)"):
         op(x, y, *args)
+
+
+@pytest.mark.parametrize("k", [3, 5, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_only_energy_is_the_energy_with_the_gradient(k, dtype):
+    """Bitwise, for both ops, every kind, power case and half_space: the pair
+    loops compute the derivatives even where the call does not want them, so
+    that the compiler forms the same FMAs in the energy (simd::compute_always;
+    without it half-space s = 1 and angular energies differed in the last bits
+    on every ISA)."""
+    x = torch.randn(2, 150, k, dtype=dtype)
+    x[:, 1] = x[:, 0] + 1e-6  # a refined pair
+    y = torch.randn(2, 70, k, dtype=dtype)
+    one, cross = torch.ops.comhe.hyperspherical_energy.default, torch.ops.comhe.cross_energy.default
+    for kind, s in [("chordal", 0.0), ("chordal", 1.0), ("chordal", 2.0), ("chordal", 1.5), ("angular", 0.0),
+                    ("angular", 1.0), ("angular", 2.0), ("angular", 1.5), ("gaussian", 2.0)]:
+        for half_space in (False, True):
+            args = (kind, s, half_space, 1e-4, 1e-4)
+            assert torch.equal(one(x, *args, False)[0], one(x, *args, True)[0]), (kind, s, half_space)
+            assert torch.equal(cross(x, y, *args, False)[0], cross(x, y, *args, True)[0]), (kind, s, half_space)
+
+
+# The child of test_ctrl_c_interrupts_a_long_call: each op call takes ~15 s
+# uninterrupted on the 2 cores of the CI machine (N = 250000, k = 3: 3.1e10 pairs;
+# 150000 took 5.4 s here).
+_LONG_CALLS = """
+import torch, comhe_kernels
+comhe_kernels.available_backends("hyperspherical_energy", "cpu")  # loads the ops
+x = torch.randn(1, 250000, 3)
+calls = [lambda: torch.ops.comhe.hyperspherical_energy.default(x, "chordal", 1.0, False, 1e-4, 1e-4, True),
+         lambda: torch.ops.comhe.cross_energy.default(x, x.flip(1), "angular", 1.0, True, 1e-4, 1e-4, False)]
+for name, call in zip(["hyperspherical_energy", "cross_energy"], calls):
+    print("calling", name, flush=True)
+    try:
+        call()
+        print("finished", name, flush=True)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", name, flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_long_call(tmp_path):
+    """SIGINT during a long call of either op: KeyboardInterrupt within about a
+    second (the kernel asks Python every 0.1 s between tasks of <= 1024 x 1024
+    pairs), not when the call ends. One child for both ops (one import)."""
+    child = subprocess.Popen([sys.executable, "-c", _LONG_CALLS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=tmp_path, env=child_env(),
+                             # a CI shell may start background jobs with SIGINT ignored
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for name in ["hyperspherical_energy", "cross_energy"]:
+            assert child.stdout.readline() == f"calling {name}\n", child.poll()
+            time.sleep(0.5)  # inside the call
+            child.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            line = child.stdout.readline()
+            assert line == f"KeyboardInterrupt {name}\n", (line, child.poll() and child.stderr.read())
+            assert time.monotonic() - sent < 3.0
+        child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0

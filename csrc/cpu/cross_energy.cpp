@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "python_interrupt.h"
 #include "comhe/cross_energy.h"
 
 namespace {
@@ -28,11 +29,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_energy_cpu(const at::Tensor
   at::Tensor grad_x = compute_grad ? at::zeros(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_y = compute_grad ? at::zeros(y.sizes(), y.options()) : at::empty({0}, y.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cross_energy_cpu", [&] {
-    comhe::cpu_glue::check_finite(comhe::cpu::cross_energy<scalar_t>(
+    const comhe::KernelStatus status = comhe::cpu::cross_energy<scalar_t>(
         x.const_data_ptr<scalar_t>(), comhe::points_layout(x), y.const_data_ptr<scalar_t>(),
         comhe::points_layout(y), params, energy.data_ptr<double>(),
         compute_grad ? grad_x.data_ptr<scalar_t>() : nullptr, compute_grad ? grad_y.data_ptr<scalar_t>() : nullptr,
-        at::get_num_threads()));
+        at::get_num_threads(), comhe::cpu_glue::python_interrupt());
+    comhe::cpu_glue::raise_if_interrupted(status);
+    comhe::cpu_glue::check_finite(status);
   });
   return {energy, grad_x, grad_y};
 }

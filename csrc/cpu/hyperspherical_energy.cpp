@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "python_interrupt.h"
 
 namespace {
 
@@ -26,9 +27,11 @@ std::tuple<at::Tensor, at::Tensor> hyperspherical_energy_cpu(const at::Tensor& x
   at::Tensor energy = at::zeros({B}, x.options().dtype(at::kDouble));
   at::Tensor grad = compute_grad ? at::zeros({B, N, k}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hyperspherical_energy_cpu", [&] {
-    comhe::cpu_glue::check_finite(comhe::cpu::hyperspherical_energy<scalar_t>(
+    const comhe::KernelStatus status = comhe::cpu::hyperspherical_energy<scalar_t>(
         x.const_data_ptr<scalar_t>(), comhe::points_layout(x), params, energy.data_ptr<double>(),
-        compute_grad ? grad.data_ptr<scalar_t>() : nullptr, at::get_num_threads()));
+        compute_grad ? grad.data_ptr<scalar_t>() : nullptr, at::get_num_threads(), comhe::cpu_glue::python_interrupt());
+    comhe::cpu_glue::raise_if_interrupted(status);
+    comhe::cpu_glue::check_finite(status);
   });
   return {energy, grad};
 }

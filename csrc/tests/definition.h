@@ -136,6 +136,22 @@ void gradient_error(std::vector<LD>& xs, const T* grad, F energy, double& gerr, 
   }
 }
 
+// Calls check(P, name) for every kind, power case and half_space: the
+// instantiations of the pair loops.
+template <class F>
+void for_each_energy(F check) {
+  for (Kind kind : {Kind::Chordal, Kind::Angular, Kind::Gaussian})
+    for (double s : {0.0, 1.0, 2.0, 1.5})
+      for (bool half : {false, true})
+        if (kind != Kind::Gaussian || s > 0) {
+          EnergyParams P;
+          P.kind = kind;
+          P.s = s;
+          P.half_space = half;
+          check(P);
+        }
+}
+
 // The parameters of a test case.
 inline EnergyParams params(Kind kind, double s, bool half_space, double eps = 1e-4) {
   EnergyParams P;

@@ -113,6 +113,25 @@ void test_thread_count_independence() {
     }
 }
 
+// The energy of a call without the gradients is the energy of the call with
+// them, to the bit, on both paths (simd::compute_always).
+template <class T>
+void test_forward_only_energy_is_the_same() {
+  for (int k : {3, 5, 20}) {
+    const int B = 2, n = 150, m = 70;
+    std::vector<T> x = random_points<T>(B, n, k, true), y = random_points<T>(B, m, k, true, 1);
+    std::vector<T> gx(x.size()), gy(y.size());
+    const comhe::PointsLayout Lx{B, n, k, int64_t(n) * k, k, 1}, Ly{B, m, k, int64_t(m) * k, k, 1};
+    for_each_energy([&](const EnergyParams& P) {
+      std::vector<double> e0(B), e1(B);
+      comhe::cpu::cross_energy<T>(x.data(), Lx, y.data(), Ly, P, e0.data(), nullptr, nullptr, 2);
+      comhe::cpu::cross_energy<T>(x.data(), Lx, y.data(), Ly, P, e1.data(), gx.data(), gy.data(), 2);
+      CHECK(e0 == e1, "T=%d k=%d kind=%d s=%g half=%d: %.17g without the gradients, %.17g with them", int(sizeof(T)),
+            k, int(P.kind), P.s, int(P.half_space), e0[0], e1[0]);
+    });
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -120,5 +139,7 @@ int main() {
   test_empty_sides();
   test_non_finite_rows_name_the_set();
   test_thread_count_independence();
+  test_forward_only_energy_is_the_same<float>();
+  test_forward_only_energy_is_the_same<double>();
   return report();
 }

@@ -133,6 +133,24 @@ void test_thread_count_independence() {
   CHECK(e1 == e4 && g1 == g4, "1 thread %.17g vs 4 threads %.17g", e1, e4);
 }
 
+// The energy of a call without the gradient is the energy of the call with
+// it, to the bit, on both paths (simd::compute_always).
+template <class T>
+void test_forward_only_energy_is_the_same() {
+  for (int k : {3, 5, 20}) {
+    const int B = 2, n = 150;
+    std::vector<T> x = random_points<T>(B, n, k, true), grad(size_t(B) * n * k);
+    const comhe::PointsLayout L{B, n, k, int64_t(n) * k, k, 1};
+    for_each_energy([&](const EnergyParams& P) {
+      std::vector<double> e0(B), e1(B);
+      comhe::cpu::hyperspherical_energy<T>(x.data(), L, P, e0.data(), nullptr, 2);
+      comhe::cpu::hyperspherical_energy<T>(x.data(), L, P, e1.data(), grad.data(), 2);
+      CHECK(e0 == e1, "T=%d k=%d kind=%d s=%g half=%d: %.17g without the gradient, %.17g with it", int(sizeof(T)), k,
+            int(P.kind), P.s, int(P.half_space), e0[0], e1[0]);
+    });
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -141,5 +159,7 @@ int main() {
   test_definitions();
   test_non_finite_rows_are_reported();
   test_thread_count_independence();
+  test_forward_only_energy_is_the_same<float>();
+  test_forward_only_energy_is_the_same<double>();
   return report();
 }

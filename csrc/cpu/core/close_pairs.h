@@ -30,6 +30,8 @@ double refine_pair(const Points<T>& A, int64_t ta, int i, const Points<T>& Bp, i
   }
   double F, al, be;
   E::eval(d2, d2p, A.P.s, A.P.delta, F, al, be);
+  simd::compute_always(al);  // the same F with and without the gradient (simd.h)
+  simd::compute_always(be);
   if (grad) {
     double* va = A.vref_tile(b, ta);
     double* vb = Bp.vref_tile(b, tb);

@@ -28,7 +28,7 @@ bool prologue(Points<T>& p, int nthreads, int input, KernelStatus& status) {
 
 template <class T>
 KernelStatus hyperspherical_energy(const T* x, const PointsLayout& layout, const EnergyParams& params,
-                                   double* energy, T* grad, int num_threads) {
+                                   double* energy, T* grad, int num_threads, const Interrupt& interrupt) {
   KernelStatus status;
   const int64_t B = layout.B, N = layout.N;
   if (B == 0) return status;
@@ -40,17 +40,20 @@ KernelStatus hyperspherical_energy(const T* x, const PointsLayout& layout, const
   // Threads beyond the number of independent tasks only add wake-up latency.
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, B * pr.nS)));
   if (!prologue(pr, nt, 0, status)) return status;
+  detail::Stop stop(interrupt);
   switch (params.kind) {
-    case Kind::Chordal: detail::solve<T, Kind::Chordal>(pr, energy, grad, nt); break;
-    case Kind::Angular: detail::solve<T, Kind::Angular>(pr, energy, grad, nt); break;
-    case Kind::Gaussian: detail::solve<T, Kind::Gaussian>(pr, energy, grad, nt); break;
+    case Kind::Chordal: detail::solve<T, Kind::Chordal>(pr, energy, grad, nt, stop); break;
+    case Kind::Angular: detail::solve<T, Kind::Angular>(pr, energy, grad, nt, stop); break;
+    case Kind::Gaussian: detail::solve<T, Kind::Gaussian>(pr, energy, grad, nt, stop); break;
   }
+  status.interrupted = stop.stopped();
   return status;
 }
 
 template <class T>
 KernelStatus cross_energy(const T* x, const PointsLayout& layout_x, const T* y, const PointsLayout& layout_y,
-                          const EnergyParams& params, double* energy, T* grad_x, T* grad_y, int num_threads) {
+                          const EnergyParams& params, double* energy, T* grad_x, T* grad_y, int num_threads,
+                          const Interrupt& interrupt) {
   KernelStatus status;
   const int64_t B = layout_x.B;
   if (B == 0) return status;
@@ -64,22 +67,24 @@ KernelStatus cross_energy(const T* x, const PointsLayout& layout_x, const T* y, 
     if (grad_y != nullptr) std::fill(grad_y, grad_y + B * layout_y.N * layout_y.k, T(0));
     return status;
   }
+  detail::Stop stop(interrupt);
   switch (params.kind) {
-    case Kind::Chordal: detail::solve_cross<T, Kind::Chordal>(X, Y, energy, grad_x, grad_y, nt); break;
-    case Kind::Angular: detail::solve_cross<T, Kind::Angular>(X, Y, energy, grad_x, grad_y, nt); break;
-    case Kind::Gaussian: detail::solve_cross<T, Kind::Gaussian>(X, Y, energy, grad_x, grad_y, nt); break;
+    case Kind::Chordal: detail::solve_cross<T, Kind::Chordal>(X, Y, energy, grad_x, grad_y, nt, stop); break;
+    case Kind::Angular: detail::solve_cross<T, Kind::Angular>(X, Y, energy, grad_x, grad_y, nt, stop); break;
+    case Kind::Gaussian: detail::solve_cross<T, Kind::Gaussian>(X, Y, energy, grad_x, grad_y, nt, stop); break;
   }
+  status.interrupted = stop.stopped();
   return status;
 }
 
 template KernelStatus hyperspherical_energy<float>(const float*, const PointsLayout&, const EnergyParams&, double*,
-                                                   float*, int);
+                                                   float*, int, const Interrupt&);
 template KernelStatus hyperspherical_energy<double>(const double*, const PointsLayout&, const EnergyParams&,
-                                                    double*, double*, int);
+                                                    double*, double*, int, const Interrupt&);
 template KernelStatus cross_energy<float>(const float*, const PointsLayout&, const float*, const PointsLayout&,
-                                          const EnergyParams&, double*, float*, float*, int);
+                                          const EnergyParams&, double*, float*, float*, int, const Interrupt&);
 template KernelStatus cross_energy<double>(const double*, const PointsLayout&, const double*, const PointsLayout&,
-                                           const EnergyParams&, double*, double*, double*, int);
+                                           const EnergyParams&, double*, double*, double*, int, const Interrupt&);
 
 }  // namespace cpu
 }  // namespace comhe

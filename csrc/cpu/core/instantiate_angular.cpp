@@ -3,9 +3,10 @@
 
 using comhe::Kind;
 using comhe::cpu::detail::Points;
-template void comhe::cpu::detail::solve<float, Kind::Angular>(Points<float>&, double*, float*, int);
-template void comhe::cpu::detail::solve<double, Kind::Angular>(Points<double>&, double*, double*, int);
+using comhe::cpu::detail::Stop;
+template void comhe::cpu::detail::solve<float, Kind::Angular>(Points<float>&, double*, float*, int, Stop&);
+template void comhe::cpu::detail::solve<double, Kind::Angular>(Points<double>&, double*, double*, int, Stop&);
 template void comhe::cpu::detail::solve_cross<float, Kind::Angular>(Points<float>&, Points<float>&, double*, float*,
-                                                                  float*, int);
+                                                                  float*, int, Stop&);
 template void comhe::cpu::detail::solve_cross<double, Kind::Angular>(Points<double>&, Points<double>&, double*,
-                                                                   double*, double*, int);
+                                                                   double*, double*, int, Stop&);

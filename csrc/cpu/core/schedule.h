@@ -51,6 +51,15 @@ double super_pair(const Points<T>& A, int64_t S, const Points<T>& Bp, int64_t Sb
   return e;
 }
 
+// Waits until done reaches round; false if the call stops meanwhile.
+inline bool wait_for(const std::atomic<int64_t>& done, int64_t round, Stop& stop) {
+  while (done.load(std::memory_order_acquire) < round) {
+    if (stop.now()) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
 // Per thread: W and W^T of a tile pair (the gram path's weights).
 template <class T>
 std::vector<Buffer<T>> weight_buffers(int nthreads) {
@@ -61,7 +70,7 @@ std::vector<Buffer<T>> weight_buffers(int nthreads) {
 
 // The one-set op: every unordered pair of every set once, then the epilogue.
 template <class T, Kind K, Power P, bool Half>
-void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads) {
+void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads, Stop& stop) {
   using E = PairEnergy<K, P, Half>;
   using Self = PairEnergy<K, P, false>;  // the half-space pair (u_i, -u_i) is one plain pair
   const int64_t B = pr.L.B, N = pr.L.N, nS = pr.nS;
@@ -91,15 +100,12 @@ void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads) {
   std::vector<std::atomic<int64_t>> done(size_t(B * nS));
   for (auto& d : done) d.store(0, std::memory_order_relaxed);
   std::atomic<int64_t> next_task{0};
-  auto wait_for = [&](int64_t st, int64_t round) {
-    while (done[st].load(std::memory_order_acquire) < round) std::this_thread::yield();
-  };
 
 #pragma omp parallel num_threads(nthreads)
   {
     T* Wb = scratch[omp_get_thread_num()].get();
     T* WTb = Wb + TS * TS;
-    for (int64_t t; (t = next_task.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
+    for (int64_t t; !stop.now() && (t = next_task.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
       const int64_t round = t / (B * per_round), b = t / per_round % B, m = t % per_round;
       int64_t S, Sb;
       if (round == 0) {
@@ -113,29 +119,31 @@ void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads) {
       }
       const int64_t s0 = b * nS + S, s1 = b * nS + Sb;
       const bool bye = Sb >= nS;
-      wait_for(s0, round);
-      if (!bye) {
-        wait_for(s1, round);
-        super_energy[s0] += super_pair<T, E>(pr, S, pr, Sb, b, S == Sb, want_grad, Wb, WTb);
-      }
+      if (!wait_for(done[s0], round, stop) || (!bye && !wait_for(done[s1], round, stop))) break;
+      if (!bye) super_energy[s0] += super_pair<T, E>(pr, S, pr, Sb, b, S == Sb, want_grad, Wb, WTb);
       done[s0].store(round + 1, std::memory_order_release);
       if (!bye && Sb != S) done[s1].store(round + 1, std::memory_order_release);
     }
 #pragma omp barrier
     // epilogue: the half-space self pairs and the chain rule through the normalization
+    if (!stop.stopped()) {  // the same answer in every thread after the barrier
 #pragma omp for schedule(static)
-    for (int64_t flat = 0; flat < B * N; ++flat) {
-      double dself = 0;
-      if (Half) {  // (u_i, -u_i): d2 = 4 ||u||^2 + 2a = 4 - 2a, d2p = 2a, a function of a alone
-        const double ai = pr.a[flat];
-        double F, al, be;
-        Self::eval(4.0 - 2.0 * ai, 2.0 * ai, pr.P.s, pr.P.delta, F, al, be);
-        pr.self_energy[flat] = F / Self::lambda;
-        dself = 2.0 * (E::kappa / Self::kappa) * (be - al);  // at E's derivative scale
+      for (int64_t flat = 0; flat < B * N; ++flat) {
+        double dself = 0;
+        if (Half) {  // (u_i, -u_i): d2 = 4 ||u||^2 + 2a = 4 - 2a, d2p = 2a, a function of a alone
+          const double ai = pr.a[flat];
+          double F, al, be;
+          Self::eval(4.0 - 2.0 * ai, 2.0 * ai, pr.P.s, pr.P.delta, F, al, be);
+          simd::compute_always(al);  // the same F with and without the gradient (simd.h)
+          simd::compute_always(be);
+          pr.self_energy[flat] = F / Self::lambda;
+          dself = 2.0 * (E::kappa / Self::kappa) * (be - al);  // at E's derivative scale
+        }
+        if (want_grad) epilogue_row<T, E>(pr, flat, dself, 1.0, grad);
       }
-      if (want_grad) epilogue_row<T, E>(pr, flat, dself, 1.0, grad);
     }
   }
+  if (stop.stopped()) return;
   for (int64_t b = 0; b < B; ++b) {  // fixed order: the same sum for any thread count
     double e = 0;
     for (int64_t S = 0; S < nS; ++S) e += super_energy[b * nS + S];
@@ -154,7 +162,8 @@ void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads) {
 // task waits, as in solve_set, for its super-tiles' previous tasks only.
 // With half_space the pair is f(d2) + f(d2p): half of E's 2 f(d2) + 2 f(d2p).
 template <class T, Kind K, Power P, bool Half>
-void solve_cross_sets(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* grad_y, int nthreads) {
+void solve_cross_sets(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* grad_y, int nthreads,
+                      Stop& stop) {
   using E = PairEnergy<K, P, Half>;
   const double share = Half ? 0.5 : 1.0;
   const int64_t B = X.L.B, n1 = std::min(X.nS, Y.nS), n2 = std::max(X.nS, Y.nS);
@@ -174,30 +183,26 @@ void solve_cross_sets(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* 
   for (auto& d : done_small) d.store(0, std::memory_order_relaxed);
   for (auto& d : done_large) d.store(0, std::memory_order_relaxed);
   std::atomic<int64_t> next_task{0};
-  auto wait_for = [](const std::atomic<int64_t>& done, int64_t round) {
-    while (done.load(std::memory_order_acquire) < round) std::this_thread::yield();
-  };
 
 #pragma omp parallel num_threads(nthreads)
   {
     T* Wb = scratch[omp_get_thread_num()].get();
     T* WTb = Wb + TS * TS;
-    for (int64_t t; (t = next_task.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
+    for (int64_t t; !stop.now() && (t = next_task.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
       const int64_t round = t / (B * n1), b = t / n1 % B, m = t % n1, l = (m + round) % n2;
       // l's previous round: round - 1, when super-tile m + 1 had it; for the
       // last m, the round in which it last came round to m = 0
       const int64_t prev = m + 1 < n1 ? round - 1 : round - (n2 - n1 + 1);
       std::atomic<int64_t>& ds = done_small[b * n1 + m];
       std::atomic<int64_t>& dl = done_large[b * n2 + l];
-      wait_for(ds, round);
-      if (prev >= 0) wait_for(dl, prev + 1);
+      if (!wait_for(ds, round, stop) || (prev >= 0 && !wait_for(dl, prev + 1, stop))) break;
       const int64_t Sx = x_smaller ? m : l, Sy = x_smaller ? l : m;
       super_energy[b * X.nS + Sx] += super_pair<T, E>(X, Sx, Y, Sy, b, false, want_grad, Wb, WTb);
       ds.store(round + 1, std::memory_order_release);
       dl.store(round + 1, std::memory_order_release);
     }
-    if (want_grad) {
 #pragma omp barrier
+    if (want_grad && !stop.stopped()) {  // the same answer in every thread after the barrier
 #pragma omp for schedule(static)
       for (int64_t flat = 0; flat < B * (X.L.N + Y.L.N); ++flat) {
         if (flat < B * X.L.N)
@@ -207,6 +212,7 @@ void solve_cross_sets(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* 
       }
     }
   }
+  if (stop.stopped()) return;
   for (int64_t b = 0; b < B; ++b) {  // fixed order: the same sum for any thread count
     double e = 0;
     for (int64_t S = 0; S < X.nS; ++S) e += super_energy[b * X.nS + S];
@@ -237,16 +243,17 @@ void with_energy(const EnergyParams& P, F&& f) {
 }
 
 template <class T, Kind K>
-void solve(Points<T>& pr, double* energy, T* grad, int nthreads) {
+void solve(Points<T>& pr, double* energy, T* grad, int nthreads, Stop& stop) {
   with_energy<K>(pr.P, [&](auto power, auto half) {
-    solve_set<T, K, decltype(power)::value, decltype(half)::value>(pr, energy, grad, nthreads);
+    solve_set<T, K, decltype(power)::value, decltype(half)::value>(pr, energy, grad, nthreads, stop);
   });
 }
 
 template <class T, Kind K>
-void solve_cross(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* grad_y, int nthreads) {
+void solve_cross(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* grad_y, int nthreads, Stop& stop) {
   with_energy<K>(X.P, [&](auto power, auto half) {
-    solve_cross_sets<T, K, decltype(power)::value, decltype(half)::value>(X, Y, energy, grad_x, grad_y, nthreads);
+    solve_cross_sets<T, K, decltype(power)::value, decltype(half)::value>(X, Y, energy, grad_x, grad_y, nthreads,
+                                                                          stop);
   });
 }
 

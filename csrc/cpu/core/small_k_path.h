@@ -85,6 +85,10 @@ __attribute__((always_inline)) inline bool small_vector(
     const V aij = ai[r] + abv;
     V F, al, be;
     E::eval(dd[r] + aij, ddp[r] + aij, s, delta, F, al, be);
+    if constexpr (!Grad) {  // the same F as with the gradient (simd.h)
+      simd::compute_always(al);
+      simd::compute_always(be);
+    }
     if constexpr (Masked) {
       const auto ok = valid[r] & ~near[r];
       near_out[r] = valid[r] & near[r];

@@ -15,16 +15,18 @@ namespace cpu {
 // energy: B doubles. grad_x, grad_y: (B, N, k) and (B, M, k) contiguous, or
 // both nullptr to skip the gradients. N = 0 or M = 0: zero energies and
 // gradients. Non-finite input returns ok = false, naming the first such row
-// of x or, if x has none, of y (bad_input), and leaves the outputs unspecified.
+// of x or, if x has none, of y (bad_input), and leaves the outputs
+// unspecified. interrupt: as for hyperspherical_energy.
 template <class T>
 KernelStatus cross_energy(const T* x, const PointsLayout& layout_x, const T* y, const PointsLayout& layout_y,
-                          const EnergyParams& params, double* energy, T* grad_x, T* grad_y, int num_threads);
+                          const EnergyParams& params, double* energy, T* grad_x, T* grad_y, int num_threads,
+                          const Interrupt& interrupt = {});
 
 extern template KernelStatus cross_energy<float>(const float*, const PointsLayout&, const float*, const PointsLayout&,
-                                                 const EnergyParams&, double*, float*, float*, int);
+                                                 const EnergyParams&, double*, float*, float*, int, const Interrupt&);
 extern template KernelStatus cross_energy<double>(const double*, const PointsLayout&, const double*,
                                                   const PointsLayout&, const EnergyParams&, double*, double*, double*,
-                                                  int);
+                                                  int, const Interrupt&);
 
 }  // namespace cpu
 }  // namespace comhe

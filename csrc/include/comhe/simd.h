@@ -72,6 +72,22 @@ inline V load_reg(const void* p) {
   return v;
 }
 
+// Keeps v computed where nothing reads it: the pair loops' derivatives in a
+// call without the gradient. -ffp-contract=fast fuses a product into an add
+// only where the product has no other use, so without this the energy of a
+// forward-only call took other FMAs than the energy computed with the
+// gradient (last bits of half-space s = 1 and angular energies, every ISA).
+template <class V>
+inline void compute_always(const V& v) {
+#if defined(__x86_64__)
+  asm volatile("" : : "v"(v));
+#elif defined(__aarch64__)
+  asm volatile("" : : "w"(v));
+#else
+  asm volatile("" : : "m"(v));
+#endif
+}
+
 template <class V>
 inline constexpr int lanes() {
   return int(sizeof(V) / sizeof(V{}[0]));
