@@ -41,6 +41,8 @@ from comhe_kernels.triton import hyperspherical_energy as kernels  # noqa: E402
 from comhe_kernels.triton import ops  # noqa: E402
 
 INTERPRETED = DEVICE == "cpu"
+# On a GPU this whole file is CUDA tests (benchmarks/gpu_check.sh runs pytest -m cuda)
+pytestmark = [pytest.mark.cuda] if DEVICE == "cuda" else []
 POWERS = [0, 1, 2, 3.5, "a0", "a1", "a1.5", "g2"]
 
 
@@ -418,6 +420,7 @@ for fn, const, cfg, cap in cases:
 
 
 @pytest.mark.parametrize("capability", [90, 80])
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU every test compiles the kernels")
 def test_kernels_compile_for_the_gpu(capability):
     """The interpreter runs the kernels as Python; the GPU compiler is stricter
     (types across branches, layouts, tl.dot shapes). Triton compiles for a
@@ -518,6 +521,7 @@ def test_empty_sets_and_one_point():
 # ---- the prepared GPU call -----------------------------------------------------------------
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU, gpu_check.sh itself is the run")
 def test_gpu_check_dry_run(tmp_path):
     """benchmarks/gpu_check.sh --dry-run: every step runs on this machine (the GPU
     parts skipped with their reason), within its limits, and leaves at most the
