@@ -426,7 +426,9 @@ for fn, const, cfg, cap in cases:
 """
 
 
-@pytest.mark.parametrize("capability", [90, 80])
+# sm_90 only, the H200's: sm_80 adds 20 s with a cold Triton cache (CI's case);
+# it compiled too when last checked by hand (docs/triton.md)
+@pytest.mark.parametrize("capability", [90])
 @pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU every test compiles the kernels")
 def test_kernels_compile_for_the_gpu(capability):
     """The interpreter runs the kernels as Python; the GPU compiler is stricter
