@@ -15,7 +15,7 @@ from _build_flags import CUDA_ARCH_LIST_DEFAULT, SOURCE_SUFFIXES, cpu_flags, cud
 
 sys.path.pop(0)
 
-ext_modules, cmdclass, options = [], {}, {}
+ext_modules, cmdclass = [], {}
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -50,13 +50,14 @@ else:
             sources=[p.relative_to(ROOT).as_posix() for p in sources(ROOT / "csrc", cuda=with_cuda)],
             include_dirs=[str(ROOT / "csrc" / "include")],
             extra_compile_args={"cxx": cpu_flags(), "nvcc": cuda_flags()} if with_cuda else cpu_flags(),
+            # Not the limited API (abi3): the CPU glue asks Python for Ctrl-C
+            # during a call and re-raises its exception through pybind11
+            # (csrc/cpu/python_interrupt.h), which needs the full API; a wheel
+            # is tied to one torch build, and so to its Python, anyway.
             extra_link_args=["-fopenmp"],
-            define_macros=[("Py_LIMITED_API", "0x03090000")],
-            py_limited_api=True,
         )
     ]
     cmdclass = {"build_ext": BuildWithInfo}
-    options = {"bdist_wheel": {"py_limited_api": "cp39"}}
 
 # csrc/ ships inside the package for the just-in-time build: every source
 # file below it but the C++ unit tests.
@@ -72,5 +73,4 @@ setup(
     package_data={"comhe_kernels": ["data/*.tsv"], "comhe_kernels.csrc": csrc_files},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    options=options,
 )
