@@ -106,8 +106,12 @@ if [[ $DRY -eq 1 ]]; then
     step pytest-cuda "${GPU_CHECK_PYTEST_S:-120}" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$REPO" \
         -m cuda --collect-only "$REPO/tests"
 else
-    step pytest-cuda "${GPU_CHECK_PYTEST_S:-120}" env COMHE_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider \
-        --rootdir "$REPO" -m cuda "${XDIST[@]}" --junitxml="$OUT/pytest_cuda.xml" -o junit_family=xunit1 "$REPO/tests"
+    # SIGINT 15 s before the step's limit: pytest stops as on Ctrl-C, reports the
+    # failures so far and writes the junit file (a SIGTERM would lose both)
+    PYTEST_S="${GPU_CHECK_PYTEST_S:-120}"
+    step pytest-cuda "$PYTEST_S" env COMHE_TRITON_AUTOTUNE=0 timeout -s INT "$((PYTEST_S - 15))" "$PY" -m pytest -q \
+        -p no:cacheprovider -rfE --rootdir "$REPO" -m cuda "${XDIST[@]}" --junitxml="$OUT/pytest_cuda.xml" \
+        -o junit_family=xunit1 "$REPO/tests"
 fi
 
 # 4. the float32 accuracy contract at N = 65536, every precision

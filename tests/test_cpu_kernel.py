@@ -11,10 +11,18 @@ import time
 
 import pytest
 import torch
-from conftest import assert_energy_close, assert_grad_close, child_env, reference_cross_energy_and_grad
+from conftest import (
+    assert_energy_close,
+    assert_grad_close,
+    child_env,
+    energy_and_grad,
+    ill_conditioned,
+    reference_cross_energy_and_grad,
+    reference_energy_and_grad,
+)
 
 import comhe_kernels
-from comhe_kernels import cross_energy_and_grad, num_cross_pairs
+from comhe_kernels import cross_energy_and_grad, num_cross_pairs, num_pairs
 
 pytestmark = pytest.mark.skipif(
     "cpu" not in comhe_kernels.available_backends("cross_energy", "cpu"),
@@ -210,3 +218,40 @@ def test_ctrl_c_interrupts_a_long_call(tmp_path):
     finally:
         child.kill()
     assert child.returncode == 0
+
+
+def _clustered(k, dtype):
+    """Two sets of 150 rows (3 tiles, the last ragged): set 0 all within ~1e-3
+    of one direction (every pair close: the refinement of whole rows), set 1
+    half so and half random (rows with a few close pairs: the refinement pair
+    by pair). In float64, with the bound of the closest chord (and mirror
+    chord: -x of a row is in the set in half space) that the input determines."""
+    d = torch.randn(k, dtype=torch.float64)
+    x = d / d.norm() + 1e-3 / k**0.5 * torch.randn(2, 150, k, dtype=torch.float64)
+    x[1, 75:] = torch.randn(75, k, dtype=torch.float64)
+    u = torch.nn.functional.normalize(x, dim=-1)
+    chord = min(torch.cdist(u[b], u[b])[torch.triu_indices(150, 150, 1).unbind()].min().item() for b in range(2))
+    return x.to(dtype), chord
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 12, 40])
+@pytest.mark.parametrize("power, half_space", [(1, False), (2, True), ("a1", True), ("g2", False)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_clustered_rows_match_reference(k, power, half_space, dtype):
+    """Clustered and collapsed rows (the pathology MHE is there to fix), both
+    ops, every path: the small-k path (k <= 8) and the gram path, float64
+    refinement of whole rows (close_pairs.h: refine_row) and of single pairs."""
+    x, chord = _clustered(k, dtype)
+    tol = None
+    if dtype == torch.float64 and k > 1:  # k = 1: the points coincide, u = +-1 exactly
+        tol = ill_conditioned(chord, 2.0)
+    e, g = energy_and_grad(x, power, half_space=half_space, reduction="none", backend="cpu")
+    e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="none")
+    assert_energy_close(e, e_ref, dtype, num_pairs(150, half_space), tol)
+    assert_grad_close(g, g_ref, dtype, tol)
+    y = x.flip(1)[:, :100]  # the cross op: the same clusters, other tile positions
+    e, gx, gy = cross_energy_and_grad(x, y, power, half_space=half_space, reduction="none", backend="cpu")
+    e_ref, gx_ref, gy_ref = reference_cross_energy_and_grad(x, y, power, half_space=half_space, reduction="none")
+    assert_energy_close(e, e_ref, dtype, num_cross_pairs(150, 100, half_space), tol)
+    assert_grad_close(gx, gx_ref, dtype, tol)
+    assert_grad_close(gy, gy_ref, dtype, tol)

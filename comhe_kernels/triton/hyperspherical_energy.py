@@ -103,7 +103,11 @@ def _load_x(xrow, sxk, c0, cols0, k, rmask):
 @helper
 def _pack(U, ULO, uoff, su_c, c0, cols0, kpad, smask, u, ROUND: tl.constexpr, WANT_LO: tl.constexpr):
     """Store u rounded to U's precision (and its float32 residual); returns |packed u|^2 per row."""
-    us = u.to(U.dtype.element_ty)
+    if U.dtype.element_ty == tl.bfloat16:
+        # via float32: Triton's interpreter (3.9) turns float64 -> bfloat16 into 0
+        us = u.to(tl.float32).to(tl.bfloat16)
+    else:
+        us = u.to(U.dtype.element_ty)
     if ROUND == 1:
         ub = us.to(tl.uint32, bitcast=True)
         ub = (ub + (0xFFF + ((ub >> 13) & 1))) & 0xFFFFE000

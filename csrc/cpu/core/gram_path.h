@@ -206,10 +206,13 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
         near_any |= near_mask[v];
       }
       energy += simd::hsum(simd::widen_sum(fsum));
-      if (Mk::any(near_any))
+      if (Mk::any(near_any)) {
+        uint64_t near = 0;
         for (int v = 0; v < NV; ++v)
           for (int l = 0; l < W; ++l)
-            if (Mk::test(near_mask[v], l)) energy += refine_pair<T, E>(A, ta, i, Bp, tb, v * W + l, b, grad);
+            if (Mk::test(near_mask[v], l)) near |= uint64_t(1) << (v * W + l);
+        energy += refine_near<T, E>(A, ta, i, Bp, tb, near, b, grad);
+      }
     }
   }
   if (!grad) return energy;

@@ -169,6 +169,7 @@ double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int6
         const int vfirst = jlo[0] / W, vlast = (nB + W - 1) / W;
         const int ffirst = (jmax + W - 1) / W, flast = nB / W;
         V fsum = {};
+        uint64_t near_rows[R] = {};  // per row, the points of tile tb left to the float64 refinement
         for (int v = vfirst; v < vlast; ++v) {
           typename Mk::M valid[R], near[R];
           if (v >= ffirst && v < flast &&
@@ -180,11 +181,13 @@ double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int6
           small_vector<T, E, K, Grad, true>(ui, ai, valid, ub, ab, vb, zb, v, s, delta, tau, racc, zacc, fsum, near);
           typename Mk::M near_any = near[0];
           for (int r = 1; r < R; ++r) near_any |= near[r];
-          if (Mk::any(near_any))  // rare: pairs left out above, recomputed in float64
+          if (Mk::any(near_any))  // rare but for clustered rows: pairs left out above
             for (int r = 0; r < R; ++r)
               for (int l = 0; l < W; ++l)
-                if (Mk::test(near[r], l)) energy += refine_pair<T, E>(A, ta, i0 + r, Bp, tb, v * W + l, b, Grad);
+                if (Mk::test(near[r], l)) near_rows[r] |= uint64_t(1) << (v * W + l);
         }
+        for (int r = 0; r < R; ++r)  // recomputed in float64
+          if (near_rows[r] != 0) energy += refine_near<T, E>(A, ta, i0 + r, Bp, tb, near_rows[r], b, Grad);
         esum += simd::widen_sum(fsum);
       }
       energy += simd::hsum(esum);

@@ -134,6 +134,10 @@ struct Points {
   // after it, while their radial parts live on in Aref (a_i Aref_i u_i): 7.6e-5
   // of max |g| off at N = 16384, k = 3, s = 2, half-space.
   mutable std::vector<Buffer<double>> Vref;
+  // (B, nT) tiles of (k + 1, TS): u in float64 (unit) and, in the last row,
+  // a, for the vectorized refinement of rows with many close pairs
+  // (close_pairs.h, refine_row); made on a tile's first such row.
+  mutable std::vector<Buffer<double>> Ud;
 
   Points(const T* x_, const PointsLayout& L_, const EnergyParams& P_) : x(x_), L(L_), P(P_) {
     nT = (L.N + TS - 1) / TS;
@@ -153,6 +157,7 @@ struct Points {
     }
     r = allocate<double>(L.B * L.N);
     a = allocate<double>(L.B * L.N);
+    Ud.resize(L.B * nT);
   }
   void allocate_gradient() {
     Vt = allocate<T>(L.B * nT * kp * TS);
@@ -183,6 +188,20 @@ struct Points {
     Buffer<double>& v = Vref[b * nT + t];
     if (!v) v = allocate<double>(L.k * TS);
     return v.get();
+  }
+  // After the prologue (r and a); padding points stay 0. The same ownership as vref_tile.
+  const double* udouble_tile(int64_t b, int64_t t) const {
+    Buffer<double>& u = Ud[b * nT + t];
+    if (!u) {
+      u = allocate<double>((L.k + 1) * TS);
+      for (int j = 0; j < rows_in(t); ++j) {
+        const int64_t g = b * L.N + t * TS + j;
+        const T* xj = row(b, t * TS + j);
+        for (int64_t c = 0; c < L.k; ++c) u[c * TS + j] = unit(xj[c * L.stride_k], r[g]);
+        u[L.k * TS + j] = a[g];
+      }
+    }
+    return u.get();
   }
   T* ut(int64_t b, int64_t t) const { return Ut.get() + (b * nT + t) * kp * TS; }
   T* vt(int64_t b, int64_t t) const { return Vt.get() + (b * nT + t) * kp * TS; }
