@@ -27,8 +27,8 @@ def _check_out(parser: argparse.ArgumentParser, path: Path) -> None:
             pass
     except OSError as e:
         parser.error(f"--out {str(path)!r} cannot be written: {e.strerror or e}")
-    if not existed:
-        path.unlink()
+    if not existed:  # missing_ok: under a launcher every rank checks the same path at once
+        path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None, *, energy_and_grad: EnergyAndGrad | None = None) -> int:
