@@ -445,13 +445,18 @@ def test_cuda_tasks_share_a_worker_until_one_fails(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
-def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys):
+def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys, monkeypatch):
+    # The build's lowest ISA level, forced for the workers: the rows and the
+    # table must name the level the kernel ran at, not the CPU's best.
+    lowest = comhe_kernels.build_info()["cpu_isa"]["levels"][0]
+    monkeypatch.setenv("COMHE_CPU_ISA", lowest)
     csv_path, json_path, png_path = tmp_path / "rows.csv", tmp_path / "rows.json", tmp_path / "plot.png"
     argv = ["--n", "40", "--k", "3", "--providers", "reference", "cpu", "--device", "cpu", *FAST]
     argv += ["--csv", str(csv_path), "--json", str(json_path), "--plot", str(png_path), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "median (p20-p80)" in out and "pairs/s" in out and "ceiling on cpu, measured in this run: float32" in out
+    assert f"CPU kernel at {lowest}" in out
     # --out: what was printed (without the progress bar), the same rows, the workers' output.
     files = {p.name: p for p in (tmp_path / "out").iterdir()}
     assert sorted(files) == ["custom_cpu.csv", "custom_cpu.json", "custom_cpu.log", "custom_cpu.txt"]
@@ -493,6 +498,7 @@ def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys):
         assert row["device_name"] == meta["device_names"]["cpu"]
         assert f"--providers {row['provider']} --n {row['n']} --k 3" in row["command"]
     ref40, cpu40 = doc["rows"][0], doc["rows"][1]
+    assert cpu40["cpu_isa"] == lowest and ref40["cpu_isa"] is None  # the reference does not run the kernel
     assert cpu40["speedup_vs_reference"] == pytest.approx(ref40["time_median_s"] / cpu40["time_median_s"])
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

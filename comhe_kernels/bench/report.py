@@ -31,7 +31,7 @@ ROW_FIELDS = (
     "peak_extra_bytes", "peak_extra_mib", "memory_method",
     "pairs_per_s", "gflops", "peak_gflops", "fraction_of_peak", "flop_model",
     *(f"speedup_vs_{name}" for name in BASELINES), "time_vs_random",
-    "wall_s", "device_name", "threads", "load_avg_start", "omp_wait_policy",
+    "wall_s", "device_name", "cpu_isa", "threads", "load_avg_start", "omp_wait_policy",
     "torch", "pykeops", "triton", "comhe_kernels", "python", "git_sha", "timestamp", "command",
 )  # fmt: skip
 
@@ -244,8 +244,11 @@ def results_table(rows: list, title: str) -> Table:
     def measured(r):
         return r["status"] in ("ok", "inaccurate") and r.get("peak_extra_bytes") is not None
 
+    # The CPU kernel's ISA level: in the caption when the rows that ran it agree
+    levels = {r.get("cpu_isa") for r in rows} - {None, ""}
     columns = [  # (header, cell), kept where a row has a cell
         ("provider", lambda r: r["provider"]),
+        ("ISA", lambda r: (r.get("cpu_isa") or "") if len(levels) > 1 else ""),
         ("op", lambda r: _OP_NAMES.get(r["op"], r["op"]) if "op" not in constant else ""),
         ("B", lambda r: str(r["b"]) if any(q["b"] != 1 for q in rows) else ""),
         ("N", lambda r: str(r["n"])),
@@ -275,5 +278,7 @@ def results_table(rows: list, title: str) -> Table:
     for r, line in zip(rows, cells):
         table.add_row(*(line[i] for i in keep), style=colors.get(r["status"]))
     if rows:
-        table.caption = ", ".join(f"{d}={rows[0][d]}" for d in constant)
+        table.caption = ", ".join(
+            [f"{d}={rows[0][d]}" for d in constant] + [f"CPU kernel at {level}" for level in levels if len(levels) == 1]
+        )
     return table

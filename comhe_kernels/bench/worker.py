@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from .. import _extension
 from .cases import DTYPES, MIB, BenchOptions, Case, make_inputs
 from .oracle import TOLERANCES, Oracle, check_result
 from .providers import Provider, Unavailable, first_line
@@ -203,6 +204,7 @@ def measure(job: Job) -> dict:
         start = time.perf_counter()
         value, grads = _checked_call_cpu(call, result)
     first = time.perf_counter() - start
+    result["cpu_isa"] = _cpu_isa_level(case)  # after the first call, which loads the extension
 
     energy = float(value)
     e_err, g_err, passed = check_result(case, job.oracle, energy, grads)
@@ -224,6 +226,15 @@ def measure(job: Job) -> dict:
     timer = _time_cuda if case.device == "cuda" else _time_cpu
     result["times"] = timer(call, reps_for(first, options))
     return result
+
+
+def _cpu_isa_level(case) -> str | None:
+    """The CPU kernel's ISA level if this worker's provider loaded the
+    extension for a CPU case (COMHE_CPU_ISA or the CPU's best), else None: the
+    reference and pykeops rows do not run it, and the check must not build it."""
+    if case.device != "cpu" or not _extension._loaded:
+        return None
+    return _extension.cpu_isa()["level"]
 
 
 def _best_rate(run: Callable, work: float, device: str, calls: int = 3) -> float:
