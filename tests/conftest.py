@@ -112,6 +112,39 @@ def assert_grad_close(g, g_ref, dtype, tol=None):
     )
 
 
+def adversarial_rows(n: int, k: int, dtype=torch.float64):
+    """n random rows (n >= 12, k >= 2) with rows that break the textbook
+    formulas: near and exact duplicates, near and exact antipodes, zero rows,
+    tiny and huge rows, two rows 2e-6 apart with one coordinate dominant."""
+    x = torch.randn(n, k, dtype=torch.float64)
+    x[1] = x[0] + 1e-7
+    x[2] = x[0] * (1 + 1e-9)
+    x[3] = x[0]
+    x[4] = -x[0] + 1e-8
+    x[5] = -x[0]
+    x[6] = 0
+    x[7] = 1e-20
+    x[8] = x[9] * 1e12
+    x[10:12] = 0
+    x[10:12, 0] = 1.0
+    x[10, 1], x[11, 1] = 1e-6, -1e-6
+    return x.to(dtype)
+
+
+def results_per_thread_count(fn, counts=(1, 2, 3)):
+    """fn() with torch's thread count set to each of counts (3: more than CI's
+    cores, so threads wait for each other's tasks), the count restored."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(fn())
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass(frozen=True)
 class BackendCase:
     """A registered backend and the device of the tensors it is tested on."""

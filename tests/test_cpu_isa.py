@@ -23,6 +23,7 @@ from conftest import (
     child_env,
     reference_cross_energy_and_grad,
     reference_energy_and_grad,
+    results_per_thread_count,
 )
 
 import comhe_kernels
@@ -88,15 +89,10 @@ def test_level_independent_of_thread_count(level, k):
     odd number of super-tiles; 3 threads, more than CI's cores. And the
     forward-only energy is the energy computed with the gradient, bitwise."""
     x = torch.randn(2, 2850, k)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(torch.ops.comhe.hyperspherical_energy(x, "chordal", 1.0, False, 1e-4, 1e-4, True))
-        forward_only, _ = torch.ops.comhe.hyperspherical_energy(x, "chordal", 1.0, False, 1e-4, 1e-4, False)
-    finally:
-        torch.set_num_threads(threads)
+    results = results_per_thread_count(
+        lambda: torch.ops.comhe.hyperspherical_energy(x, "chordal", 1.0, False, 1e-4, 1e-4, True)
+    )
+    forward_only, _ = torch.ops.comhe.hyperspherical_energy(x, "chordal", 1.0, False, 1e-4, 1e-4, False)
     for e, g in results[1:]:
         assert torch.equal(e, results[0][0]) and torch.equal(g, results[0][1])
     assert torch.equal(forward_only, results[0][0])

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 from conftest import (
+    adversarial_rows,
     assert_energy_close,
     assert_grad_close,
     child_env,
@@ -21,6 +22,7 @@ from conftest import (
     ill_conditioned,
     reference_cross_energy_and_grad,
     reference_energy_and_grad,
+    results_per_thread_count,
 )
 
 import comhe_kernels
@@ -142,14 +144,7 @@ def test_result_independent_of_thread_count(k):
     3 threads: more than this machine's cores, so threads wait for each other's
     tasks."""
     x = torch.randn(2, 2850, k)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(energy_and_grad(x, 1, reduction="none"))
-    finally:
-        torch.set_num_threads(threads)
+    results = results_per_thread_count(lambda: energy_and_grad(x, 1, reduction="none"))
     for e, g in results[1:]:
         assert torch.equal(e, results[0][0]) and torch.equal(g, results[0][1])
 
@@ -157,28 +152,11 @@ def test_result_independent_of_thread_count(k):
 # ---- adversarial inputs --------------------------------------------------------
 
 
-def _adversarial(dtype):
-    """Rows that break the textbook formulas: near and exact duplicates, near and
-    exact antipodes, zero rows, tiny and huge rows, one coordinate dominant."""
-    x = torch.randn(60, 4, dtype=torch.float64)
-    x[1] = x[0] + 1e-7
-    x[2] = x[0] * (1 + 1e-9)
-    x[3] = x[0]
-    x[4] = -x[0] + 1e-8
-    x[5] = -x[0]
-    x[6] = 0
-    x[7] = 1e-20
-    x[8] = x[9] * 1e12
-    x[10] = torch.tensor([1.0, 1e-6, 0, 0], dtype=torch.float64)
-    x[11] = torch.tensor([1.0, -1e-6, 0, 0], dtype=torch.float64)
-    return x.to(dtype)
-
-
 @pytest.mark.parametrize("power", POWERS)
 @pytest.mark.parametrize("half_space", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_close_antipodal_and_zero_rows(power, half_space, dtype, fused_backend):
-    x = _adversarial(dtype)
+    x = adversarial_rows(60, 4, dtype)
     e, g = energy_and_grad(x, power, half_space=half_space, reduction="sum", backend=fused_backend)
     e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="sum")
     assert torch.isfinite(e) and torch.isfinite(g).all()

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import (
     PRECISION_TOL,
+    adversarial_rows,
     assert_energy_close,
     assert_grad_close,
     cross_energy_and_grad,
@@ -214,24 +215,11 @@ def test_cross_gradcheck(power):
 # ---- adversarial rows ----------------------------------------------------------------
 
 
-def _adversarial(k):
-    x = torch.randn(40, k, dtype=torch.float64)
-    x[1] = x[0] + 1e-7
-    x[2] = x[0] * (1 + 1e-9)
-    x[3] = x[0]
-    x[4] = -x[0] + 1e-8
-    x[5] = -x[0]
-    x[6] = 0
-    x[7] = 1e-20
-    x[8] = x[9] * 1e12
-    return x
-
-
 @pytest.mark.parametrize("power", [1, 2, 0, "a1", "a0", "g2"])
 @pytest.mark.parametrize("k", [4, 40])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_coincident_near_antipodal_and_zero_rows(power, k, dtype):
-    x = _adversarial(k).to(dtype)
+    x = adversarial_rows(40, k, dtype)
     for half_space in (False, True):
         e, g = run(x, power, half_space=half_space, reduction="sum")
         e_ref, g_ref = reference_energy_and_grad(x, power, half_space=half_space, reduction="sum")
