@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "comhe/hyperspherical_energy.h"
@@ -14,6 +16,25 @@
 namespace testing {
 
 inline int failures = 0;
+
+// --small: fewer points per sweep, differenced coordinates and thread-count
+// points, the same cases otherwise, for the aarch64 build run under
+// qemu-user in CI (see CMakeLists.txt), where the full sizes ran past ten
+// minutes: long double is a software 128-bit type on aarch64, emulated
+// instruction by instruction.
+inline bool small = false;
+inline void parse_args(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--small") {
+      small = true;
+    } else {
+      std::fprintf(stderr, "unknown argument %s (usage: %s [--small])\n", argv[i], argv[0]);
+      std::exit(2);
+    }
+  }
+}
+// full, or reduced under --small
+inline int sized(int full, int reduced) { return small ? reduced : full; }
 
 #define CHECK(cond, ...)                                            \
   do {                                                              \
@@ -71,25 +92,33 @@ inline void normalize(const std::vector<LD>& x, int n, int k, LD eps, bool mirro
 }
 
 // The one-set energy: every pair i < j (half space: of the 2n points [u; -u]).
-inline LD energy_ld(const std::vector<LD>& x, int n, int k, const EnergyParams& P) {
+// With row >= 0 only the pairs that involve x_row (the point row and, in half
+// space, its mirror n + row): the energy's terms that depend on x_row, for
+// its central differences in O(n) instead of O(n^2) pairs.
+inline LD energy_ld(const std::vector<LD>& x, int n, int k, const EnergyParams& P, int row = -1) {
   std::vector<LD> u, a;
   normalize(x, n, k, LD(P.eps), P.half_space, u, a);
   const int m = int(a.size());
+  auto involved = [&](int i) { return row < 0 || i == row || (P.half_space && i == n + row); };
   LD e = 0;
   for (int i = 0; i < m; ++i)
-    for (int j = i + 1; j < m; ++j) e += pair_f(&u[i * k], &u[j * k], a[i], a[j], k, P);
+    for (int j = i + 1; j < m; ++j)
+      if (involved(i) || involved(j)) e += pair_f(&u[i * k], &u[j * k], a[i], a[j], k, P);
   return e;
 }
 
 // The cross-set energy: every pair (x_i, y_j) (half space: y_j and -y_j).
+// With x_row >= 0 (or y_row >= 0) only the pairs of that row of x (of y).
 inline LD cross_energy_ld(const std::vector<LD>& x, int n, const std::vector<LD>& y, int m, int k,
-                          const EnergyParams& P) {
+                          const EnergyParams& P, int x_row = -1, int y_row = -1) {
   std::vector<LD> u, a, v, b;
   normalize(x, n, k, LD(P.eps), false, u, a);
   normalize(y, m, k, LD(P.eps), P.half_space, v, b);
   LD e = 0;
   for (int i = 0; i < n; ++i)
-    for (int j = 0; j < int(b.size()); ++j) e += pair_f(&u[i * k], &v[j * k], a[i], b[j], k, P);
+    for (int j = 0; j < int(b.size()); ++j)
+      if ((x_row < 0 || i == x_row) && (y_row < 0 || j % m == y_row))
+        e += pair_f(&u[i * k], &v[j * k], a[i], b[j], k, P);
   return e;
 }
 
@@ -110,24 +139,25 @@ std::vector<T> random_points(int B, int n, int k, bool plant_close_pairs, int se
   return x;
 }
 
-// max |grad - dE/dx| over at most 12 coordinates of xs, and max(1, max |dE/dx|),
-// dE/dx by fourth-order central differences of energy() in long double with
-// steps h = 1e-5 |x|: truncation ~100 (h/d)^4 relative for a pair at distance
-// d (6e-12 at d = 0.02, a close pair of random points; 6e-8 at h = 1e-4) and
-// rounding 1e-19 |E| / h both far below the float64 tolerance. The scale
-// floor 1: one pair's O(1) terms (see tests/conftest.py).
+// max |grad - dE/dx| over at most 12 coordinates of xs (3 with --small), and max(1, max |dE/dx|),
+// dE/dx by fourth-order central differences of energy(i) in long double, the
+// energy's terms that depend on coordinate i of xs, with steps h = 1e-5 |x|:
+// truncation ~100 (h/d)^4 relative for a pair at distance d (6e-12 at
+// d = 0.02, a close pair of random points; 6e-8 at h = 1e-4) and rounding
+// 1e-19 |E| / h both far below the float64 tolerance. The scale floor 1: one
+// pair's O(1) terms (see tests/conftest.py).
 template <class T, class F>
 void gradient_error(std::vector<LD>& xs, const T* grad, F energy, double& gerr, double& gmax) {
   gerr = 0;
   gmax = 1;
   const int n = int(xs.size());
-  for (int i = 0; i < n; i += std::max(1, n / 12)) {
+  for (int i = 0; i < n; i += std::max(1, n / sized(12, 3))) {
     const LD keep = xs[i], h = 1e-5L * std::max<LD>(1, std::fabs(keep));
     LD f[4];
     const LD steps[4] = {-2, -1, 1, 2};
     for (int t = 0; t < 4; ++t) {
       xs[i] = keep + steps[t] * h;
-      f[t] = energy();
+      f[t] = energy(i);
     }
     xs[i] = keep;
     const double g_ref = double((f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h));

@@ -32,16 +32,17 @@ void test_against_definition(int n, int m, int k, const EnergyParams& P, double 
     for (int b = 0; b < B; ++b) {
       std::vector<LD> xs(x.begin() + b * n * k, x.begin() + (b + 1) * n * k);
       std::vector<LD> ys(y.begin() + b * m * k, y.begin() + (b + 1) * m * k);
-      auto e_ref = [&] { return cross_energy_ld(xs, n, ys, m, k, P); };
       // relative to |E| + pairs, as tests/conftest.py: log energies of pairs
       // near d2 = 1 cancel (one float32 pair at k = 20: 4e-6 of |E|)
-      const LD e = e_ref(), pairs = LD(n) * m * (P.half_space ? 2 : 1);
+      const LD e = cross_energy_ld(xs, n, ys, m, k, P), pairs = LD(n) * m * (P.half_space ? 2 : 1);
       CHECK(std::fabs(energy[b] - e) <= tol_e * (std::fabs(e) + pairs), "n=%d m=%d k=%d kind=%d s=%g half=%d: %.17g vs %.17Lg",
             n, m, k, int(P.kind), P.s, int(P.half_space), energy[b], e);
       if (planted) continue;
       double ex, sx, ey, sy;
-      gradient_error(xs, gx.data() + b * n * k, e_ref, ex, sx);
-      gradient_error(ys, gy.data() + b * m * k, e_ref, ey, sy);
+      gradient_error(xs, gx.data() + b * n * k, [&](int i) { return cross_energy_ld(xs, n, ys, m, k, P, i / k); },
+                     ex, sx);
+      gradient_error(ys, gy.data() + b * m * k, [&](int i) { return cross_energy_ld(xs, n, ys, m, k, P, -1, i / k); },
+                     ey, sy);
       CHECK(ex <= tol_g * sx && ey <= tol_g * sy,
             "gradient n=%d m=%d k=%d kind=%d s=%g half=%d: x %.3g of %.3g, y %.3g of %.3g", n, m, k, int(P.kind), P.s,
             int(P.half_space), ex, sx, ey, sy);
@@ -96,11 +97,12 @@ void test_non_finite_rows_name_the_set() {
   }
 }
 
-// 47 and 11 tiles: super-tile grids of unequal sides (the Latin rectangle's
-// waits), in both orders, on both paths.
+// 47 and 11 tiles (--small: 15 and 5): super-tile grids of unequal sides (the
+// Latin rectangle's waits), in both orders, on both paths.
 void test_thread_count_independence() {
+  const int n1 = sized(3000, 900), n2 = sized(700, 300);
   for (int k : {3, 20})
-    for (auto [n, m] : {std::pair{3000, 700}, {700, 3000}}) {
+    for (auto [n, m] : {std::pair{n1, n2}, {n2, n1}}) {
       std::vector<float> x = random_points<float>(1, n, k, false), y = random_points<float>(1, m, k, false, 1);
       const comhe::PointsLayout Lx{1, n, k, n * k, k, 1}, Ly{1, m, k, m * k, k, 1};
       double e1, e3;
@@ -134,7 +136,8 @@ void test_forward_only_energy_is_the_same() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  parse_args(argc, argv);
   test_definitions();
   test_empty_sides();
   test_non_finite_rows_name_the_set();
