@@ -237,6 +237,33 @@ def _valid(rows, cols, n_rows, n_cols, DIAG: tl.constexpr):
     return valid
 
 
+@helper
+def _needs_masks(row_edge, j0, pid, n_cols, d, dp, thr, BM: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr,
+                 USES_D2P: tl.constexpr):
+    """Whether the tile (rows pid * BM.., columns j0..) takes the masked path:
+    padding (row_edge: the rows'), the diagonal of a set against itself, or a
+    pair with d (or dp, where the energy uses it) below thr."""
+    edge = row_edge | (j0 + BN > n_cols)
+    if DIAG:
+        edge = edge | ((j0 < pid * BM + BM) & (j0 + BN > pid * BM))
+    mn = tmin(d)
+    if USES_D2P:
+        mn = tl.minimum(mn, tmin(dp))
+    return edge | (mn < thr)
+
+
+@helper
+def _masks(rows, cols, n_rows, n_cols, d, dp, thr, DIAG: tl.constexpr, USES_D2P: tl.constexpr):
+    """The masked path's (near, ok): the real pairs closer than thr (to be
+    recomputed in float64) and the real pairs that are not."""
+    valid = _valid(rows, cols, n_rows, n_cols, DIAG)
+    near = d < thr
+    if USES_D2P:
+        near = near | (dp < thr)
+    near = near & valid
+    return near, valid & (near == 0)
+
+
 @triton.jit
 def _gram_kernel(
     U, ULO, H, R64, A64,
@@ -305,21 +332,10 @@ def _gram_kernel(
             hs = hi_row[:, None] + hj[None, :]
             d2 = hs - 2.0 * g
             d2p = hs + 2.0 * g
-            edge = row_edge | (j0 + BN > n_cols)
-            if DIAG:
-                edge = edge | ((j0 < pid * BM + BM) & (j0 + BN > pid * BM))
-            mn = tmin(d2)
-            if USES_D2P:
-                mn = tl.minimum(mn, tmin(d2p))
-            if edge | (mn < tau):
+            if _needs_masks(row_edge, j0, pid, n_cols, d2, d2p, tau, BM, BN, DIAG, USES_D2P):
                 # masked: padding, the diagonal i == j, and the close pairs,
                 # which are recomputed in the difference form below
-                valid = _valid(rows, cols, n_rows, n_cols, DIAG)
-                near = d2 < tau
-                if USES_D2P:
-                    near = near | (d2p < tau)
-                near = near & valid
-                ok = valid & (near == 0)
+                near, ok = _masks(rows, cols, n_rows, n_cols, d2, d2p, tau, DIAG, USES_D2P)
                 F, A, Bt = pair(d2, d2p, s, delta, KIND, POW, HALF, IS64)
                 facc += tl.where(ok, F, 0.0)
                 if GRAD:
@@ -519,20 +535,9 @@ def _small_kernel(
                 if USES_D2P:
                     sm = ui[c][:, None] + uj[c][None, :]
                     ddp += sm * sm
-            edge = row_edge | (j0 + BN > n_cols)
-            if DIAG:
-                edge = edge | ((j0 < pid * BM + BM) & (j0 + BN > pid * BM))
-            mn = tmin(dd)
-            if USES_D2P:
-                mn = tl.minimum(mn, tmin(ddp))
-            if edge | (mn < tau2):
+            if _needs_masks(row_edge, j0, pid, n_cols, dd, ddp, tau2, BM, BN, DIAG, USES_D2P):
                 # masked: padding, the diagonal, and the close pairs, recomputed below
-                valid = _valid(rows, cols, n_rows, n_cols, DIAG)
-                near = dd < tau2
-                if USES_D2P:
-                    near = near | (ddp < tau2)
-                near = near & valid
-                ok = valid & (near == 0)
+                near, ok = _masks(rows, cols, n_rows, n_cols, dd, ddp, tau2, DIAG, USES_D2P)
                 F, A, Bt = pair(dd + aij, ddp + aij, s, delta, KIND, POW, HALF, IS64)
                 facc += tl.where(ok, F, 0.0)
                 if GRAD:
