@@ -21,6 +21,7 @@ from conftest import (
     assert_energy_close,
     assert_grad_close,
     child_env,
+    ill_conditioned,
     reference_cross_energy_and_grad,
     reference_energy_and_grad,
     results_per_thread_count,
@@ -68,6 +69,26 @@ def test_level_matches_reference(level, k, power, half_space, dtype):
     e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
     assert_energy_close(e, e_ref, dtype, num_pairs(131, half_space))
     assert_grad_close(g, g_ref, dtype)
+
+
+@pytest.mark.parametrize("k", [3, 7, 20])
+@pytest.mark.parametrize("power, half_space", [(1, False), ("a1", True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_level_compact_tile_pairs_match_reference(level, k, power, half_space, dtype):
+    """Collapsed rows, N = 131: every tile pair compact (close_pairs.h), its
+    pairs on delta = u - c, an exact duplicate (eps > 0) refined in float64."""
+    d = torch.nn.functional.normalize(torch.randn(k, dtype=torch.float64), dim=0)
+    x = d + 1e-3 / k**0.5 * torch.randn(2, 131, k, dtype=torch.float64)
+    x[:, 7] = x[:, 100]
+    u = torch.nn.functional.normalize(x, dim=-1)
+    chord = min(torch.pdist(u[b])[torch.pdist(u[b]) > 0].min().item() for b in range(2))
+    tol = ill_conditioned(chord, 1.0) if dtype == torch.float64 else None
+    x = x.to(dtype)
+    kw = dict(half_space=half_space, reduction="none")
+    e, g = hyperspherical_energy_and_grad(x, power, backend="cpu", **kw)
+    e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
+    assert_energy_close(e, e_ref, dtype, num_pairs(131, half_space), tol)
+    assert_grad_close(g, g_ref, dtype, tol)
 
 
 @pytest.mark.parametrize("k", [3, 20])

@@ -255,3 +255,122 @@ def test_clustered_rows_match_reference(k, power, half_space, dtype):
     assert_energy_close(e, e_ref, dtype, num_cross_pairs(150, 100, half_space), tol)
     assert_grad_close(gx, gx_ref, dtype, tol)
     assert_grad_close(gy, gy_ref, dtype, tol)
+
+
+def _compact_sets(k, eps):
+    """x: two sets of 200 rows (4 tiles, the last of 8 rows), y: two of 129,
+    whose tile pairs are compact (close_pairs.h: every point of both tiles
+    within R < 1/4 of one centre), so that they run on delta = u - c: set 0
+    collapsed (within ~1e-3 of one direction); set 1 clusters of consecutive
+    rows: 64 of radius 1e-3, 64 of 3e-2, the rest the antipodes of the first
+    (their tile pairs with the first not compact: the plain path, every pair
+    refined), a random row. With eps > 0,
+    exact duplicates of rows in their own and in another tile, and between x
+    and y. In float64, with the closest chord (or mirror chord) of all rows."""
+    n = 329
+    d = torch.nn.functional.normalize(torch.randn(3, k, dtype=torch.float64), dim=-1)
+    z = torch.empty(2, n, k, dtype=torch.float64)
+    z[0] = d[0] + 1e-3 / k**0.5 * torch.randn(n, k, dtype=torch.float64)
+    for lo, hi, centre, r in [(0, 64, d[1], 1e-3), (64, 128, d[2], 3e-2), (128, n, -d[1], 1e-3)]:
+        z[1, lo:hi] = centre + r / k**0.5 * torch.randn(hi - lo, k, dtype=torch.float64)
+    z[1, 199] = torch.randn(k, dtype=torch.float64)
+    if eps > 0:
+        z[:, 10] = z[:, 3]
+        z[:, 150] = z[:, 20]
+        z[:, 205] = z[:, 7]
+    u = torch.nn.functional.normalize(z, dim=-1)
+    iu = torch.triu_indices(n, n, 1).unbind()
+    chords = torch.cat([torch.cdist(u[b], s * u[b])[iu] for b in range(2) for s in (1, -1)])
+    return z[:, :200], z[:, 200:], chords[chords > 0].min().item()
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 12, 40])
+@pytest.mark.parametrize(
+    "power, half_space", [(0, False), (1, False), (2, True), (1, True), ("a1", True), ("a0", False), ("g2", False)]
+)
+@pytest.mark.parametrize("eps", [1e-4, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_compact_tile_pairs_match_reference(k, power, half_space, eps, dtype):
+    """Both ops, every kind, both paths (small-k and gram), batched, against the
+    float64 reference: compact tile pairs on delta, the refinement of their
+    pairs closer than tau R, exact duplicates (eps > 0), antipodal clusters."""
+    x, y, chord = _compact_sets(k, eps)
+    x, y = x.to(dtype), y.to(dtype)
+    s = 0.0 if power in (0, "a0") else 2.0 if power == 2 else 1.0
+    tol = ill_conditioned(chord, s) if dtype == torch.float64 and k > 1 else None
+    kw = dict(half_space=half_space, reduction="none", eps=eps)
+    e, g = energy_and_grad(x, power, backend="cpu", **kw)
+    e_ref, g_ref = reference_energy_and_grad(x, power, **kw)
+    ec, gx, gy = cross_energy_and_grad(x, y, power, backend="cpu", **kw)
+    ec_ref, gx_ref, gy_ref = reference_cross_energy_and_grad(x, y, power, **kw)
+    if eps == 0 and k == 1 and power != "g2" and not str(power).startswith("a"):
+        # u = +-1 exactly: coincident points, an infinite energy in both
+        assert torch.isinf(e).all() and torch.equal(e, e_ref) and torch.equal(ec, ec_ref)
+        return
+    assert_energy_close(e, e_ref, dtype, num_pairs(200, half_space), tol)
+    assert_grad_close(g, g_ref, dtype, tol)
+    assert_energy_close(ec, ec_ref, dtype, num_cross_pairs(200, 129, half_space), tol)
+    assert_grad_close(gx, gx_ref, dtype, tol)
+    assert_grad_close(gy, gy_ref, dtype, tol)
+
+
+@pytest.mark.parametrize("k", [3, 20])
+@pytest.mark.parametrize("power", [0, 1, 2])
+def test_compact_coincident_points_without_eps_are_infinite(k, power):
+    """eps = 0: an exact duplicate in a compact tile pair is at distance 0, an
+    infinite energy in both paths (float64 refinement), not a large finite one."""
+    x, _, _ = _compact_sets(k, 0.0)
+    x[:, 10] = x[:, 3]
+    for dtype in (torch.float32, torch.float64):
+        e = comhe_kernels.hyperspherical_energy(x.to(dtype), power, eps=0.0, reduction="none", backend="cpu")
+        assert torch.isinf(e).all() and (e > 0).all(), e
+
+
+def _bench_inputs(inputs, n, k):
+    from comhe_kernels.bench.cases import _draw_set
+
+    return _draw_set(inputs, n, k, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("inputs", ["collapsed", "clusters", "sorted_clusters"])
+@pytest.mark.parametrize("k", [3, 32])
+@pytest.mark.parametrize("power, half_space, eps", [(1, False, 1e-4), (2, True, 1e-4), (1, False, 0.0), ("a1", True, 1e-4)])
+def test_float32_contract_on_collapsed_rows(inputs, k, power, half_space, eps):
+    """The benchmark's collapsed and clustered rows (issue 14), N = 4096, and the
+    clusters sorted so that their tile pairs are compact: the float32 kernel
+    within the contract (energy 1e-6 relative, gradient 1e-3 of max |g|) of its
+    float64 evaluation of the same input."""
+    x = _bench_inputs("clusters" if inputs == "sorted_clusters" else inputs, 4096, k)
+    if inputs == "sorted_clusters":  # row i is in cluster i mod 64
+        x = x.view(64, 64, k).transpose(0, 1).reshape(4096, k)
+    x = x.float()
+    kw = dict(half_space=half_space, eps=eps, reduction="sum", backend="cpu")
+    e32, g32 = energy_and_grad(x, power, **kw)
+    e64, g64 = energy_and_grad(x.double(), power, **kw)
+    assert abs(e32.item() - e64.item()) <= 1e-6 * abs(e64.item())
+    assert_grad_close(g32, g64, torch.float32)
+
+
+@pytest.mark.parametrize("k", [3, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compact_tile_pairs_independent_of_thread_count(k, dtype):
+    """Collapsed rows (every tile pair compact), N = 2850 (45 tiles): bitwise the
+    same for 1, 2, 3 threads, and the forward-only energy is the energy
+    computed with the gradient."""
+    x = _bench_inputs("collapsed", 2 * 2850, k).view(2, 2850, k).to(dtype)
+    op = torch.ops.comhe.hyperspherical_energy.default
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            results.append(op(x, "angular", 1.0, True, 1e-4, 1e-4, True))
+        forward_only, _ = op(x, "angular", 1.0, True, 1e-4, 1e-4, False)
+    finally:
+        torch.set_num_threads(threads)
+    for e, g in results[1:]:
+        assert torch.equal(e, results[0][0]) and torch.equal(g, results[0][1])
+    assert torch.equal(forward_only, results[0][0])
+    for kind, s, half in [("chordal", 1.0, False), ("chordal", 2.0, True), ("gaussian", 2.0, False)]:
+        args = (kind, s, half, 1e-4, 1e-4)
+        assert torch.equal(op(x, *args, False)[0], op(x, *args, True)[0]), (kind, s, half)

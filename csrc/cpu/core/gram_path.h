@@ -151,7 +151,7 @@ __attribute__((always_inline)) inline void gram_block(const Points<T>& p, const 
 // Wb, WTb: the thread's two TS x TS buffers. Returns the energy.
 template <class T, class E>
 double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb, int64_t b, bool diag, bool grad,
-                 T* Wb, T* WTb) {
+                 T* Wb, T* WTb, CompactScratch<T>& cs) {
   using V = typename Points<T>::V;
   using Mk = simd::Mask<T>;
   constexpr int W = Points<T>::W, NV = Points<T>::NV, R = Points<T>::R;
@@ -159,7 +159,46 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
   const T* ub = Bp.ut(b, tb);
   const int64_t oa = b * A.Npad + ta * TS, ob = b * Bp.Npad + tb * TS;
   const int nA = A.rows_in(ta), nB = Bp.rows_in(tb);
-  const T s = T(A.P.s), delta = T(A.P.delta), tau = A.tau;
+  const T s = T(A.P.s), delta = T(A.P.delta);
+  T tau = A.tau;
+  const T *hda = A.hd.get() + oa, *hpa = A.hp.get() + oa, *hdb_ = Bp.hd.get() + ob, *hpb_ = Bp.hp.get() + ob;
+  const int64_t fa = b * A.nT + ta, fb = b * Bp.nT + tb;
+  const T* xua = nullptr;
+  const T* xub = nullptr;
+  T umax_ab = 0;
+  if constexpr (Points<T>::kWinograd)
+    if (grad) {
+      xua = A.xu.get() + fa * A.kp;
+      xub = Bp.xu.get() + fb * Bp.kp;
+      umax_ab = std::max(A.umax[fa], Bp.umax[fb]);
+    }
+  // A compact tile pair (close_pairs.h): the same loop on delta about ta's
+  // centre, refining below tau R^2. Its gram form drops W u_i, not
+  // (alpha + beta) u_i: V_i += W (delta_j - delta_i), Aref_i -= W (equal
+  // in the epilogue, ||u||^2 + a = 1), the terms in delta_i added below.
+  const double Rc = compact_radius(A, ta, Bp, tb, b);
+  const bool compact = Rc < kCompactRadius;
+  const T *da = nullptr, *db = nullptr;
+  if (compact) {
+    const double* ca = A.centre.get() + fa * A.L.k;
+    if (cs.row_tile != ta) {
+      cs.rows.make(A, b, ta, ca);
+      cs.row_tile = ta;
+    }
+    cs.cols.make(Bp, b, tb, ca);
+    ua = da = cs.rows.d.data();
+    ub = db = cs.cols.d.data();
+    hda = cs.rows.hd.data();
+    hpa = cs.rows.hp.data();
+    hdb_ = cs.cols.hd.data();
+    hpb_ = cs.cols.hp.data();
+    tau = std::max(T(double(tau) * Rc * Rc), std::numeric_limits<T>::min());  // as super_pair_small's
+    if (xua) {
+      xua = cs.rows.xu.data();
+      xub = cs.cols.xu.data();
+      umax_ab = std::max(cs.rows.umax, cs.cols.umax);
+    }
+  }
 
   double energy = 0;
   V wmax = {};  // of |W|, for accumulate_gradient's scaling
@@ -169,8 +208,8 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
     // loaded here, not once per tile pair: the Winograd pairs need the registers
     V hdb[NV], hpb[NV];
     for (int v = 0; v < NV; ++v) {
-      hdb[v] = load<V>(Bp.hd.get() + ob + v * W);
-      if constexpr (E::uses_d2p) hpb[v] = load<V>(Bp.hp.get() + ob + v * W);
+      hdb[v] = load<V>(hdb_ + v * W);
+      if constexpr (E::uses_d2p) hpb[v] = load<V>(hpb_ + v * W);
     }
     // energy and gradient weights of each pair
     for (int r = 0; r < R; ++r) {
@@ -180,7 +219,7 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
         std::memset(wrow, 0, sizeof(T) * TS);
         continue;
       }
-      const T hdi = A.hd[oa + i], hpi = A.hp[oa + i];
+      const T hdi = hda[i], hpi = hpa[i];
       const int jlo = diag ? i + 1 : 0;
       V fsum = {};
       typename Mk::M near_mask[NV], near_any = {};
@@ -219,18 +258,25 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
 
   // W is zero outside the pairs computed here (lanes masked, padding rows
   // cleared), so both sides may run over whole rows of it.
-  const T* xua = nullptr;
-  const T* xub = nullptr;
+  double wrow[TS], wcol[TS];  // a compact tile pair's sums of W over j and over i (rows beyond nA: stale)
+  if (compact) {
+    for (int j = 0; j < TS; ++j) wcol[j] = 0;
+    for (int i = 0; i < nA; ++i) {
+      double r = 0;
+      for (int j = 0; j < TS; ++j) {
+        r += Wb[i * TS + j];
+        wcol[j] += Wb[i * TS + j];
+      }
+      wrow[i] = r;
+    }
+  }
   T inv_sigma = 1;
   if constexpr (Points<T>::kWinograd) {
-    const int64_t fa = b * A.nT + ta, fb = b * Bp.nT + tb;
-    xua = A.xu.get() + fa * A.kp;
-    xub = Bp.xu.get() + fb * Bp.kp;
     T wm = 0;
     for (int l = 0; l < W; ++l) wm = std::max(wm, wmax[l]);
     int ew = 0, eu = 0;
     std::frexp(wm, &ew);
-    std::frexp(std::max(A.umax[fa], Bp.umax[fb]), &eu);
+    std::frexp(umax_ab, &eu);
     const int e = wm > 0 ? std::clamp(eu - ew, -100, 100) : 0;  // 2^+-100: no overflow, no subnormal sigma
     const T sigma = std::ldexp(T(1), e);
     inv_sigma = std::ldexp(T(1), -e);
@@ -247,6 +293,16 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
   // stay in L1). The transpose costs ~1% of the two GEMMs.
   simd::transpose_tile<T, TS>(Wb, WTb);
   accumulate_gradient(A, A.vt(b, ta), ub, WTb, nB, xub, inv_sigma);
+  if (compact) {  // V_i -= (sum_j W_ij) delta_i, Aref_i -= sum_j W_ij; the same for the points j
+    T* va = A.vt(b, ta);
+    T* vb = Bp.vt(b, tb);
+    for (int64_t c = 0; c < A.L.k; ++c) {
+      for (int i = 0; i < nA; ++i) va[c * TS + i] -= T(wrow[i] * double(da[c * TS + i]));
+      for (int j = 0; j < nB; ++j) vb[c * TS + j] -= T(wcol[j] * double(db[c * TS + j]));
+    }
+    for (int i = 0; i < nA; ++i) A.aref[oa + i] -= wrow[i];
+    for (int j = 0; j < nB; ++j) Bp.aref[ob + j] -= wcol[j];
+  }
   return energy;
 }
 

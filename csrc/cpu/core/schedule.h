@@ -46,9 +46,10 @@ double super_pair(const Points<T>& A, int64_t S, const Points<T>& Bp, int64_t Sb
   const int64_t t0 = S * A.q, t1 = std::min(A.nT, t0 + A.q);
   const int64_t u0 = Sb * Bp.q, u1 = std::min(Bp.nT, u0 + Bp.q);
   double e = 0;
+  CompactScratch<T> cs;
   for (int64_t ta = t0; ta < t1; ++ta)
     for (int64_t tb = (diag ? ta : u0); tb < u1; ++tb)
-      e += tile_pair<T, E>(A, ta, Bp, tb, b, diag && ta == tb, grad, Wb, WTb);
+      e += tile_pair<T, E>(A, ta, Bp, tb, b, diag && ta == tb, grad, Wb, WTb, cs);
   return e;
 }
 
@@ -85,6 +86,7 @@ void solve_set(Points<T>& pr, double* energy, T* grad, int nthreads, Stop& stop)
       for (int64_t t = 0; t < B * pr.nT; ++t) pr.tile_sums(t);
     }
   }
+  tile_bounds(pr, nthreads);
   if (Half) pr.self_energy = allocate<double>(B * N);
   std::vector<Buffer<T>> scratch = weight_buffers<T>(nthreads);
 
@@ -178,6 +180,8 @@ void solve_cross_sets(Points<T>& X, Points<T>& Y, double* energy, T* grad_x, T* 
       for (int64_t t = 0; t < B * (X.nT + Y.nT); ++t) t < B * X.nT ? X.tile_sums(t) : Y.tile_sums(t - B * X.nT);
     }
   }
+  tile_bounds(X, nthreads);
+  tile_bounds(Y, nthreads);
   std::vector<Buffer<T>> scratch = weight_buffers<T>(nthreads);
   const int64_t n_tasks = B * n1 * n2;
   std::vector<std::atomic<int64_t>> done_small(size_t(B * n1)), done_large(size_t(B * n2));

@@ -41,10 +41,13 @@ constexpr int kSmallRows = 2;
 // close, and the caller redoes the vector masked. The masks and their moves
 // through scalar registers had been ~20 of the loop's ~90 instructions
 // (N = 65536, k = 3 fwd+bwd 6% faster without them).
+// us, uis: the operands of the sums u_j + u_i, ub and ui themselves but in a
+// compact tile pair, where ub and ui are delta (super_pair_small).
 template <class T, class E, int K, bool Grad, bool Masked>
 __attribute__((always_inline)) inline bool small_vector(
-    const T (&ui)[kSmallRows][K], const T (&ai)[kSmallRows], const typename simd::Mask<T>::M (&valid)[kSmallRows],
-    const T* ub, const T* ab, T* vb, T* zb, int v, T s, T delta, T tau_diff,
+    const T (&ui)[kSmallRows][K], const T (&uis)[kSmallRows][K], const T (&ai)[kSmallRows],
+    const typename simd::Mask<T>::M (&valid)[kSmallRows], const T* ub, const T* us, const T* ab, T* vb, T* zb, int v,
+    T s, T delta, T tau_diff,
     typename Points<T>::V (&racc)[kSmallRows][K], typename Points<T>::V (&zacc)[kSmallRows],
     typename Points<T>::V& fsum, typename simd::Mask<T>::M (&near_out)[kSmallRows]) {
   using V = typename Points<T>::V;
@@ -61,7 +64,7 @@ __attribute__((always_inline)) inline bool small_vector(
       diff[r][c] = ubv[c] - ui[r][c];
       dd[r] += diff[r][c] * diff[r][c];
       if constexpr (E::uses_d2p) {
-        sum[r][c] = ubv[c] + ui[r][c];
+        sum[r][c] = load<V>(us + c * TS + v * W) + uis[r][c];
         ddp[r] += sum[r][c] * sum[r][c];
       }
     }
@@ -143,15 +146,41 @@ double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int6
   const int64_t u0 = Sb * Bp.q, u1 = std::min(Bp.nT, u0 + Bp.q);
   // locals: stores through vb could alias the members as far as the compiler knows
   const T s = T(A.P.s), delta = T(A.P.delta), tau = A.tau_diff;
+  // The compact tile pairs of row tile ta (close_pairs.h): their column tiles
+  // as delta about ta's centre, and their refinement radius tau_diff R^2 (also
+  // for ||u_j + u_i||^2: near 4 but where a ~ 1, and then beta is bounded).
+  std::vector<T> dcol;
+  bool compact[kMaxTilesPerSuper];
+  T tau_compact[kMaxTilesPerSuper];
   double energy = 0;
   for (int64_t ta = t0; ta < t1; ++ta) {
     const T* ua = A.ut(b, ta);
     const T* aa = A.at.get() + b * A.Npad + ta * TS;
     const int nA = A.rows_in(ta);
+    const double* ca = A.centre.get() + (b * A.nT + ta) * A.L.k;
+    bool any_compact = false;
+    for (int64_t tb = (diag ? ta : u0); tb < u1; ++tb) {
+      const double Rc = compact_radius(A, ta, Bp, tb, b);
+      compact[tb - u0] = Rc < kCompactRadius;
+      if (!compact[tb - u0]) continue;
+      any_compact = true;
+      // at least the smallest normal T: coincident points (R = 0 at k = 1) are refined
+      tau_compact[tb - u0] = std::max(T(double(tau) * Rc * Rc), std::numeric_limits<T>::min());
+      dcol.resize(size_t((Bp.q + 1) * K * TS));
+      centred_tile(Bp, b, tb, ca, K, dcol.data() + (tb - u0) * K * TS);
+    }
+    const T* drow = nullptr;  // the rows of ta as delta
+    if (any_compact) {
+      centred_tile(A, b, ta, ca, K, dcol.data() + Bp.q * K * TS);
+      drow = dcol.data() + Bp.q * K * TS;
+    }
     for (int i0 = 0; i0 < nA; i0 += R) {
-      T ui[R][K], ai[R];
+      T ui[R][K], ai[R], di[R][K];
       for (int r = 0; r < R; ++r) {  // padding rows read zeros; their lanes are masked below
-        for (int c = 0; c < K; ++c) ui[r][c] = ua[c * TS + i0 + r];
+        for (int c = 0; c < K; ++c) {
+          ui[r][c] = ua[c * TS + i0 + r];
+          di[r][c] = any_compact ? drow[c * TS + i0 + r] : T(0);
+        }
         ai[r] = aa[i0 + r];
       }
       V racc[R][K] = {}, zacc[R] = {};  // the rows' gradient partial sums, lane-wise, over the whole super-tile
@@ -170,22 +199,32 @@ double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int6
         const int ffirst = (jmax + W - 1) / W, flast = nB / W;
         V fsum = {};
         uint64_t near_rows[R] = {};  // per row, the points of tile tb left to the float64 refinement
-        for (int v = vfirst; v < vlast; ++v) {
-          typename Mk::M valid[R], near[R];
-          if (v >= ffirst && v < flast &&
-              small_vector<T, E, K, Grad, false>(ui, ai, valid, ub, ab, vb, zb, v, s, delta, tau, racc, zacc, fsum,
-                                                 near))
-            continue;
-          for (int r = 0; r < R; ++r)
-            valid[r] = v >= ffirst && v < flast ? Mk::all() : Mk::lanes(jlo[r] - v * W, nB - v * W);
-          small_vector<T, E, K, Grad, true>(ui, ai, valid, ub, ab, vb, zb, v, s, delta, tau, racc, zacc, fsum, near);
-          typename Mk::M near_any = near[0];
-          for (int r = 1; r < R; ++r) near_any |= near[r];
-          if (Mk::any(near_any))  // rare but for clustered rows: pairs left out above
+        // the vectors of tile tb, from the differences of uu and uc; two
+        // copies, so that the plain path keeps its registers (one loop with
+        // the operands chosen per tile took random rows at k = 3 12% longer)
+        auto vectors = [&](const T (&uu)[R][K], const T* uc, T tv) __attribute__((always_inline)) {
+          for (int v = vfirst; v < vlast; ++v) {
+            typename Mk::M valid[R], near[R];
+            if (v >= ffirst && v < flast &&
+                small_vector<T, E, K, Grad, false>(uu, ui, ai, valid, uc, ub, ab, vb, zb, v, s, delta, tv, racc, zacc,
+                                                   fsum, near))
+              continue;
             for (int r = 0; r < R; ++r)
-              for (int l = 0; l < W; ++l)
-                if (Mk::test(near[r], l)) near_rows[r] |= uint64_t(1) << (v * W + l);
-        }
+              valid[r] = v >= ffirst && v < flast ? Mk::all() : Mk::lanes(jlo[r] - v * W, nB - v * W);
+            small_vector<T, E, K, Grad, true>(uu, ui, ai, valid, uc, ub, ab, vb, zb, v, s, delta, tv, racc, zacc, fsum,
+                                              near);
+            typename Mk::M near_any = near[0];
+            for (int r = 1; r < R; ++r) near_any |= near[r];
+            if (Mk::any(near_any))  // rare but for clustered rows: pairs left out above
+              for (int r = 0; r < R; ++r)
+                for (int l = 0; l < W; ++l)
+                  if (Mk::test(near[r], l)) near_rows[r] |= uint64_t(1) << (v * W + l);
+          }
+        };
+        if (any_compact && compact[tb - u0])  // the same loop on delta (the same differences, rounded less)
+          vectors(di, dcol.data() + (tb - u0) * K * TS, tau_compact[tb - u0]);
+        else
+          vectors(ui, ub, tau);
         for (int r = 0; r < R; ++r)  // recomputed in float64
           if (near_rows[r] != 0) energy += refine_near<T, E>(A, ta, i0 + r, Bp, tb, near_rows[r], b, Grad);
         esum += simd::widen_sum(fsum);

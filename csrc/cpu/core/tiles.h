@@ -138,6 +138,9 @@ struct Points {
   // a, for the vectorized refinement of rows with many close pairs
   // (close_pairs.h, refine_row); made on a tile's first such row.
   mutable std::vector<Buffer<double>> Ud;
+  // (B, nT, k) and (B, nT): per tile the mean of its u (float64) and the
+  // largest |u_j - mean|, for the compact tile pairs (close_pairs.h, tile_bounds)
+  Buffer<double> centre, radius;
 
   Points(const T* x_, const PointsLayout& L_, const EnergyParams& P_) : x(x_), L(L_), P(P_) {
     nT = (L.N + TS - 1) / TS;
