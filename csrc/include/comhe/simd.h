@@ -45,6 +45,15 @@ typedef double vdouble __attribute__((vector_size(COMHE_VBYTES)));
 typedef int32_t vint32 __attribute__((vector_size(COMHE_VBYTES)));
 typedef int64_t vint64 __attribute__((vector_size(COMHE_VBYTES)));
 
+// The level's vector registers, which the micro-kernels' register blocks
+// are sized for (tiles.h): 32 with AVX-512 (zmm0-31) and on aarch64
+// (v0-v31), 16 with AVX/AVX2 (ymm0-15) and SSE (xmm0-15).
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
 template <class T>
 struct Traits;
 template <>
