@@ -112,10 +112,13 @@ struct Points {
   static constexpr int CB = std::min(NV, simd::kVectorRegisters / 8);
   static constexpr int R = simd::kVectorRegisters / 2 / CB;
   static_assert(NV % CB == 0 && TS % R == 0 && RC * CB == simd::kVectorRegisters / 2, "register blocks tile a tile");
-  // gram_block's Winograd pairs: float32 only. In float64 (AVX-512, then
-  // with R = 2 rows of NV = 8 vectors) the pair's second vectors left no
-  // free registers: 3% slower at N = 8192, k = 256.
-  static constexpr bool kWinograd = sizeof(T) == 4;
+  // gram_block's and accumulate_gradient's Winograd pairs: float32 with 32
+  // vector registers only. In float64 (AVX-512, then with R = 2 rows of
+  // NV = 8 vectors) the pair's second vectors left no free registers: 3%
+  // slower at N = 8192, k = 256. With 16 (AVX2) they and the pair's sums
+  // fill the file beside the 8 accumulators: N = 16384 fwd+bwd 5-14%
+  // slower at k = 32, 3-13% at k = 256 than the plain form.
+  static constexpr bool kWinograd = sizeof(T) == 4 && simd::kVectorRegisters >= 32;
 
   const T* x;
   PointsLayout L;
