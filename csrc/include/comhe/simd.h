@@ -258,8 +258,11 @@ struct Mask {
     return (l >= lo) & (l < hi);
   }
   static M all() { return lanes(0, W); }
-  static V keep(M m, V x) { return m ? x : V{}; }
-  static V add(V acc, M m, V x) { return acc + (m ? x : V{}); }
+  // m's lanes are all ones or all zeros, so a select of x or 0 is an and:
+  // GCC's m ? x : 0 on an integer vector first tests m != 0 (2 more
+  // instructions per use, ~4 of the gram path's ~30 per vector of pairs)
+  static V keep(M m, V x) { return (V)((I)x & m); }
+  static V add(V acc, M m, V x) { return acc + keep(m, x); }
   static bool any(M m) { return simd::any(m); }
   static bool test(M m, int l) { return m[l] != 0; }
 #endif
