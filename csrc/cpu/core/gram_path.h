@@ -62,11 +62,18 @@ void accumulate_gradient(const Points<T>& p, T* v, const T* u, const T* M, int n
     for (int l0 = 0; l0 < NV; l0 += CB) {
       V acc[RC][CB];
       if constexpr (!Points<T>::kWinograd) {
+        // the tile pair's sums from 0, added to v once, as in the Winograd
+        // form: FMAs into v itself rounded each of the n terms at the scale of
+        // v, the sum over all tiles (AVX2, N = 16384, k = 32: 2.1e-5 of
+        // max |g| off against 3.0e-6)
         for (int rc = 0; rc < RC; ++rc)
-          for (int l = 0; l < CB; ++l) acc[rc][l] = load<V>(v + (c0 + rc) * TS + (l0 + l) * W);
+          for (int l = 0; l < CB; ++l) acc[rc][l] = V{};
         for (int i = 0; i < n; ++i) plain(i, acc, c0, l0);
         for (int rc = 0; rc < RC; ++rc)
-          for (int l = 0; l < CB; ++l) store(v + (c0 + rc) * TS + (l0 + l) * W, acc[rc][l]);
+          for (int l = 0; l < CB; ++l) {
+            T* q = v + (c0 + rc) * TS + (l0 + l) * W;
+            store(q, load<V>(q) + acc[rc][l]);
+          }
       } else {
         for (int rc = 0; rc < RC; ++rc)
           for (int l = 0; l < CB; ++l) acc[rc][l] = V{};
