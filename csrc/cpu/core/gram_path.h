@@ -16,9 +16,10 @@ inline namespace COMHE_CPU_ISA {
 
 // One side of a tile pair's gradient: v[c][j] += sum_{i < n} u[c][i] M[i][j]
 // for all coordinates c and the TS points j, with M = W (the column side,
-// v = V_J, u = u_I) or M = W^T (the row side, v = V_I, u = u_J). RC x NV
-// accumulators (16 with AVX-512) per block of coordinates; each step loads
-// NV vectors of M and broadcasts RC coordinates: ~90% of the FMA peak.
+// v = V_J, u = u_I) or M = W^T (the row side, v = V_I, u = u_J). RC x CB
+// accumulators (tiles.h: 16 with AVX-512, 8 with AVX2) per block of
+// coordinates and of CB vectors of points; each step loads CB vectors of M
+// and broadcasts RC coordinates: ~90% of the FMA peak.
 //
 // In float32 the rows i = 4m, 4m + 1 go in Winograd pairs, as in gram_block:
 //   u_4m w_4m + u_4m+1 w_4m+1 = (u_4m + w_4m+1)(u_4m+1 + w_4m) - u_4m u_4m+1 - w_4m w_4m+1,
@@ -37,18 +38,18 @@ inline namespace COMHE_CPU_ISA {
 template <class T>
 void accumulate_gradient(const Points<T>& p, T* v, const T* u, const T* M, int n, const T* xu, T inv_sigma) {
   using V = typename Points<T>::V;
-  constexpr int W = Points<T>::W, NV = Points<T>::NV;
+  constexpr int W = Points<T>::W, NV = Points<T>::NV, CB = Points<T>::CB;
   const int n4 = (n + 3) / 4 * 4;
   V eta[NV] = {};
   if constexpr (Points<T>::kWinograd)
     for (int i = 0; i < n4; i += 4)
       for (int l = 0; l < NV; ++l) eta[l] += load<V>(M + i * TS + l * W) * load<V>(M + (i + 1) * TS + l * W);
-  auto plain = [&](int i, V (&acc)[RC][NV], int64_t c0) {
-    V m[NV];
-    for (int l = 0; l < NV; ++l) m[l] = simd::load_reg<V>(M + i * TS + l * W);
+  auto plain = [&](int i, V (&acc)[RC][CB], int64_t c0, int l0) {
+    V m[CB];
+    for (int l = 0; l < CB; ++l) m[l] = simd::load_reg<V>(M + i * TS + (l0 + l) * W);
     for (int rc = 0; rc < RC; ++rc) {
       const T uc = u[(c0 + rc) * TS + i];
-      for (int l = 0; l < NV; ++l) acc[rc][l] += uc * m[l];
+      for (int l = 0; l < CB; ++l) acc[rc][l] += uc * m[l];
     }
   };
   for (int64_t c0 = 0; c0 < p.kp; c0 += RC) {
@@ -58,40 +59,50 @@ void accumulate_gradient(const Points<T>& p, T* v, const T* u, const T* M, int n
     if (c0 + RC < p.kp)
       for (int rc = 0; rc < RC; ++rc)
         for (int l = 0; l < TS; l += 64 / int(sizeof(T))) __builtin_prefetch(v + (c0 + RC + rc) * TS + l, 1);
-    V acc[RC][NV];
-    if constexpr (!Points<T>::kWinograd) {
-      for (int rc = 0; rc < RC; ++rc)
-        for (int l = 0; l < NV; ++l) acc[rc][l] = load<V>(v + (c0 + rc) * TS + l * W);
-      for (int i = 0; i < n; ++i) plain(i, acc, c0);
-      for (int rc = 0; rc < RC; ++rc)
-        for (int l = 0; l < NV; ++l) store(v + (c0 + rc) * TS + l * W, acc[rc][l]);
-    } else {
-      for (int rc = 0; rc < RC; ++rc)
-        for (int l = 0; l < NV; ++l) acc[rc][l] = V{};
-      for (int i = 0; i < n4; i += 4) {
-        V m0[NV], m1[NV];
-        for (int l = 0; l < NV; ++l) {
-          m0[l] = simd::load_reg<V>(M + i * TS + l * W);
-          m1[l] = simd::load_reg<V>(M + (i + 1) * TS + l * W);
+    for (int l0 = 0; l0 < NV; l0 += CB) {
+      V acc[RC][CB];
+      if constexpr (!Points<T>::kWinograd) {
+        // the tile pair's sums from 0, added to v once, as in the Winograd
+        // form: FMAs into v itself rounded each of the n terms at the scale of
+        // v, the sum over all tiles (AVX2, N = 16384, k = 32: 2.1e-5 of
+        // max |g| off against 3.0e-6)
+        for (int rc = 0; rc < RC; ++rc)
+          for (int l = 0; l < CB; ++l) acc[rc][l] = V{};
+        for (int i = 0; i < n; ++i) plain(i, acc, c0, l0);
+        for (int rc = 0; rc < RC; ++rc)
+          for (int l = 0; l < CB; ++l) {
+            T* q = v + (c0 + rc) * TS + (l0 + l) * W;
+            store(q, load<V>(q) + acc[rc][l]);
+          }
+      } else {
+        for (int rc = 0; rc < RC; ++rc)
+          for (int l = 0; l < CB; ++l) acc[rc][l] = V{};
+        for (int i = 0; i < n4; i += 4) {
+          V m0[CB], m1[CB];
+          for (int l = 0; l < CB; ++l) {
+            m0[l] = simd::load_reg<V>(M + i * TS + (l0 + l) * W);
+            m1[l] = simd::load_reg<V>(M + (i + 1) * TS + (l0 + l) * W);
+          }
+          for (int rc = 0; rc < RC; ++rc) {
+            const T u0 = u[(c0 + rc) * TS + i], u1 = u[(c0 + rc) * TS + i + 1];
+            for (int l = 0; l < CB; ++l) acc[rc][l] += (u0 + m1[l]) * (u1 + m0[l]);
+          }
+          plain(i + 2, acc, c0, l0);
+          plain(i + 3, acc, c0, l0);
         }
-        for (int rc = 0; rc < RC; ++rc) {
-          const T u0 = u[(c0 + rc) * TS + i], u1 = u[(c0 + rc) * TS + i + 1];
-          for (int l = 0; l < NV; ++l) acc[rc][l] += (u0 + m1[l]) * (u1 + m0[l]);
-        }
-        plain(i + 2, acc, c0);
-        plain(i + 3, acc, c0);
+        for (int rc = 0; rc < RC; ++rc)
+          for (int l = 0; l < CB; ++l) {
+            T* q = v + (c0 + rc) * TS + (l0 + l) * W;
+            store(q, load<V>(q) + ((acc[rc][l] - xu[c0 + rc]) - eta[l0 + l]) * inv_sigma);
+          }
       }
-      for (int rc = 0; rc < RC; ++rc)
-        for (int l = 0; l < NV; ++l) {
-          T* q = v + (c0 + rc) * TS + l * W;
-          store(q, load<V>(q) + ((acc[rc][l] - xu[c0 + rc]) - eta[l]) * inv_sigma);
-        }
     }
   }
 }
 
-// The gram block of R rows of tile I (from i0) against the TS points of
-// tile J, in registers: acc[r][v] = g' = g + xi_i + xi_j, g = u_i . u_j.
+// The gram block of R rows of tile I (from i0) against the CB vectors of
+// points of tile J from vector v0 (tiles.h), in registers:
+// acc[r][v] = g' = g + xi_i + xi_j, g = u_i . u_j.
 //
 // In float32 one coordinate pair in four uses Winograd's inner-product
 // identity (1968): with xi = sum over the pairs (4m, 4m + 1) of u_4m u_4m+1
@@ -113,32 +124,33 @@ void accumulate_gradient(const Points<T>& p, T* v, const T* u, const T* M, int n
 // contract cases at k = 12 to 256 kept their energy errors (<= 3.9e-8) and
 // their gradient errors within 30% (worst 9.2e-6 of max |g|).
 template <class T>
-__attribute__((always_inline)) inline void gram_block(const Points<T>& p, const T* ua, const T* ub, int i0,
-                                                      typename Points<T>::V (&acc)[Points<T>::R][Points<T>::NV]) {
+__attribute__((always_inline)) inline void gram_block(const Points<T>& p, const T* ua, const T* ub, int i0, int v0,
+                                                      typename Points<T>::V (&acc)[Points<T>::R][Points<T>::CB]) {
   using V = typename Points<T>::V;
-  constexpr int W = Points<T>::W, NV = Points<T>::NV, R = Points<T>::R;
+  constexpr int W = Points<T>::W, CB = Points<T>::CB, R = Points<T>::R;
+  ub += v0 * W;
   auto plain = [&](int64_t c) {
-    V bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = simd::load_reg<V>(ub + c * TS + v * W);
+    V bv[CB];
+    for (int v = 0; v < CB; ++v) bv[v] = simd::load_reg<V>(ub + c * TS + v * W);
     for (int r = 0; r < R; ++r) {
       const T av = ua[c * TS + i0 + r];
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+      for (int v = 0; v < CB; ++v) acc[r][v] += av * bv[v];
     }
   };
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+    for (int v = 0; v < CB; ++v) acc[r][v] = V{};
   if constexpr (!Points<T>::kWinograd) {
     for (int64_t c = 0; c < p.L.k; ++c) plain(c);
   } else {
     for (int64_t c = 0; c < p.kp; c += 4) {  // kp is a multiple of 4; padding coordinates are 0
-      V b0[NV], b1[NV];
-      for (int v = 0; v < NV; ++v) {
+      V b0[CB], b1[CB];
+      for (int v = 0; v < CB; ++v) {
         b0[v] = simd::load_reg<V>(ub + c * TS + v * W);
         b1[v] = simd::load_reg<V>(ub + (c + 1) * TS + v * W);
       }
       for (int r = 0; r < R; ++r) {
         const T a0 = ua[c * TS + i0 + r], a1 = ua[(c + 1) * TS + i0 + r];
-        for (int v = 0; v < NV; ++v) acc[r][v] += (a0 + b1[v]) * (a1 + b0[v]);
+        for (int v = 0; v < CB; ++v) acc[r][v] += (a0 + b1[v]) * (a1 + b0[v]);
       }
       plain(c + 2);
       plain(c + 3);
@@ -154,7 +166,7 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
                  T* Wb, T* WTb, CompactScratch<T>& cs) {
   using V = typename Points<T>::V;
   using Mk = simd::Mask<T>;
-  constexpr int W = Points<T>::W, NV = Points<T>::NV, R = Points<T>::R;
+  constexpr int W = Points<T>::W, NV = Points<T>::NV, CB = Points<T>::CB, R = Points<T>::R;
   const T* ua = A.ut(b, ta);
   const T* ub = Bp.ut(b, tb);
   const int64_t oa = b * A.Npad + ta * TS, ob = b * Bp.Npad + tb * TS;
@@ -203,55 +215,60 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
   double energy = 0;
   V wmax = {};  // of |W|, for accumulate_gradient's scaling
   for (int i0 = 0; i0 < nA; i0 += R) {
-    V acc[R][NV];
-    gram_block(A, ua, ub, i0, acc);
-    // loaded here, not once per tile pair: the Winograd pairs need the registers
-    V hdb[NV], hpb[NV];
-    for (int v = 0; v < NV; ++v) {
-      hdb[v] = load<V>(hdb_ + v * W);
-      if constexpr (E::uses_d2p) hpb[v] = load<V>(hpb_ + v * W);
-    }
-    // energy and gradient weights of each pair
-    for (int r = 0; r < R; ++r) {
-      const int i = i0 + r;
-      T* wrow = Wb + i * TS;
-      if (i >= nA) {  // padding rows of the last tile: zero weights for the GEMMs below
-        std::memset(wrow, 0, sizeof(T) * TS);
-        continue;
+    for (int r = 0; r < R; ++r)  // padding rows of the last tile: zero weights for the GEMMs below
+      if (i0 + r >= nA) std::memset(Wb + (i0 + r) * TS, 0, sizeof(T) * TS);
+    // per row, over its column blocks: the energy, in the order of a whole
+    // row at a time, and the points left to the float64 refinement
+    V fsum[R] = {};
+    uint64_t near[R] = {};
+    for (int v0 = 0; v0 < NV; v0 += CB) {
+      V acc[R][CB];
+      gram_block(A, ua, ub, i0, v0, acc);
+      // loaded here, not once per tile pair: the Winograd pairs need the registers
+      V hdb[CB], hpb[CB];
+      for (int v = 0; v < CB; ++v) {
+        hdb[v] = load<V>(hdb_ + (v0 + v) * W);
+        if constexpr (E::uses_d2p) hpb[v] = load<V>(hpb_ + (v0 + v) * W);
       }
-      const T hdi = hda[i], hpi = hpa[i];
-      const int jlo = diag ? i + 1 : 0;
-      V fsum = {};
-      typename Mk::M near_mask[NV], near_any = {};
-      for (int v = 0; v < NV; ++v) {
-        const auto valid = v * W >= jlo && (v + 1) * W <= nB ? Mk::all() : Mk::lanes(jlo - v * W, nB - v * W);
-        const V d2 = (hdi + hdb[v]) - T(2) * acc[r][v];
-        V d2p = d2;  // unused where F does not depend on it
-        if constexpr (E::uses_d2p) d2p = (hpi + hpb[v]) + T(2) * acc[r][v];
-        auto near = Mk::lt(d2, tau);
-        if constexpr (E::uses_d2p) near |= Mk::lt(d2p, tau);
-        V F, al, be;
-        E::eval(d2, d2p, s, delta, F, al, be);
-        simd::compute_always(al);  // the same F with and without the gradient (simd.h)
-        simd::compute_always(be);
-        const auto ok = valid & ~near;
-        fsum = Mk::add(fsum, ok, F);
-        if (grad) {  // W serves the gradient only (forward alone 1% faster at k = 256)
-          const V w = Mk::keep(ok, be - al);
-          store(wrow + v * W, w);
-          wmax = simd::vmax(wmax, simd::vmax(w, -w));
+      // energy and gradient weights of each pair
+      for (int r = 0; r < R; ++r) {
+        const int i = i0 + r;
+        if (i >= nA) continue;
+        T* wrow = Wb + i * TS;
+        const T hdi = hda[i], hpi = hpa[i];
+        const int jlo = diag ? i + 1 : 0;
+        typename Mk::M near_mask[CB], near_any = {};
+        for (int v = 0; v < CB; ++v) {
+          const int j0 = (v0 + v) * W;
+          const auto valid = j0 >= jlo && j0 + W <= nB ? Mk::all() : Mk::lanes(jlo - j0, nB - j0);
+          const V d2 = (hdi + hdb[v]) - T(2) * acc[r][v];
+          V d2p = d2;  // unused where F does not depend on it
+          if constexpr (E::uses_d2p) d2p = (hpi + hpb[v]) + T(2) * acc[r][v];
+          auto nr = Mk::lt(d2, tau);
+          if constexpr (E::uses_d2p) nr |= Mk::lt(d2p, tau);
+          V F, al, be;
+          E::eval(d2, d2p, s, delta, F, al, be);
+          simd::compute_always(al);  // the same F with and without the gradient (simd.h)
+          simd::compute_always(be);
+          const auto ok = valid & ~nr;
+          fsum[r] = Mk::add(fsum[r], ok, F);
+          if (grad) {  // W serves the gradient only (forward alone 1% faster at k = 256)
+            const V w = Mk::keep(ok, be - al);
+            store(wrow + j0, w);
+            wmax = simd::vmax(wmax, simd::vmax(w, -w));
+          }
+          near_mask[v] = valid & nr;
+          near_any |= near_mask[v];
         }
-        near_mask[v] = valid & near;
-        near_any |= near_mask[v];
+        if (Mk::any(near_any))
+          for (int v = 0; v < CB; ++v)
+            for (int l = 0; l < W; ++l)
+              if (Mk::test(near_mask[v], l)) near[r] |= uint64_t(1) << ((v0 + v) * W + l);
       }
-      energy += simd::hsum(simd::widen_sum(fsum));
-      if (Mk::any(near_any)) {
-        uint64_t near = 0;
-        for (int v = 0; v < NV; ++v)
-          for (int l = 0; l < W; ++l)
-            if (Mk::test(near_mask[v], l)) near |= uint64_t(1) << (v * W + l);
-        energy += refine_near<T, E>(A, ta, i, Bp, tb, near, b, grad);
-      }
+    }
+    for (int r = 0; r < R && i0 + r < nA; ++r) {
+      energy += simd::hsum(simd::widen_sum(fsum[r]));
+      if (near[r] != 0) energy += refine_near<T, E>(A, ta, i0 + r, Bp, tb, near[r], b, grad);
     }
   }
   if (!grad) return energy;
@@ -282,9 +299,8 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
     inv_sigma = std::ldexp(T(1), -e);
     for (int i = 0; i < nA; ++i)
       for (int v = 0; v < NV; ++v) store(Wb + i * TS + v * W, load<V>(Wb + i * TS + v * W) * sigma);
-    // the Winograd pairs read rows up to the next multiple of 4, beyond the
-    // multiple of R cleared above where R = 2 (AVX2, SSE, NEON)
-    for (int i = nA; i < (nA + 3) / 4 * 4; ++i) std::memset(Wb + i * TS, 0, sizeof(T) * TS);
+    // the Winograd pairs read rows up to the next multiple of 4: cleared above
+    static_assert(R % 4 == 0, "accumulate_gradient reads W's rows up to a multiple of 4");
   }
   accumulate_gradient(A, Bp.vt(b, tb), ua, Wb, nA, xua, inv_sigma);  // V_J += W^T u_I
   // V_I += W u_J in the same form, on W^T: the row-major GEMM on W itself

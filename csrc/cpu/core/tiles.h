@@ -101,12 +101,24 @@ struct Points {
   using V = typename simd::Traits<T>::V;
   using I = typename simd::Traits<T>::I;
   static constexpr int W = simd::Traits<T>::W;
-  static constexpr int NV = TS / W;                        // vectors per tile row
-  static constexpr int R = NV >= 8 ? 2 : NV >= 4 ? 4 : 8;  // rows per register block: R*NV ~ 16 accumulators
-  // gram_block's Winograd pairs: float32 only. In float64 (R = 2 rows of
-  // NV = 8 vectors) the pair's second vectors leave no free registers: 3%
-  // slower at N = 8192, k = 256.
-  static constexpr bool kWinograd = sizeof(T) == 4;
+  static constexpr int NV = TS / W;  // vectors per tile row
+  // The gram path's register blocks (gram_block, accumulate_gradient): R
+  // rows (RC coordinates) by CB vectors of a tile row, half the level's
+  // vector registers as accumulators, 16 of 32 (AVX-512, NEON: 4 x 4
+  // vectors) or 8 of 16 (AVX2, SSE: 4 x 2), the other half for the CB
+  // loaded vectors, a Winograd pair's second ones, the broadcasts and the
+  // pair's sums. With whole tile rows AVX2 had 2 x 8 (gram) and 4 x 8
+  // accumulators, more than its 16 ymm registers, and spilled them.
+  static constexpr int CB = std::min(NV, simd::kVectorRegisters / 8);
+  static constexpr int R = simd::kVectorRegisters / 2 / CB;
+  static_assert(NV % CB == 0 && TS % R == 0 && RC * CB == simd::kVectorRegisters / 2, "register blocks tile a tile");
+  // gram_block's and accumulate_gradient's Winograd pairs: float32 with 32
+  // vector registers only. In float64 (AVX-512, then with R = 2 rows of
+  // NV = 8 vectors) the pair's second vectors left no free registers: 3%
+  // slower at N = 8192, k = 256. With 16 (AVX2) they and the pair's sums
+  // fill the file beside the 8 accumulators: N = 16384 fwd+bwd 5-14%
+  // slower at k = 32, 3-13% at k = 256 than the plain form.
+  static constexpr bool kWinograd = sizeof(T) == 4 && simd::kVectorRegisters >= 32;
 
   const T* x;
   PointsLayout L;
