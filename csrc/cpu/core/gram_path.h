@@ -204,7 +204,8 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
     hpa = cs.rows.hp.data();
     hdb_ = cs.cols.hd.data();
     hpb_ = cs.cols.hp.data();
-    tau = std::max(T(double(tau) * Rc * Rc), std::numeric_limits<T>::min());  // as super_pair_small's
+    if constexpr (!E::general_power)  // as super_pair_small's
+      tau = std::max(T(double(tau) * Rc * Rc), std::numeric_limits<T>::min());
     if (xua) {
       xua = cs.rows.xu.data();
       xub = cs.cols.xu.data();

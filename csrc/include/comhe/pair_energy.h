@@ -131,6 +131,10 @@ template <Kind K, Power P, bool Half>
 struct PairEnergy {
   // Whether F depends on d2p, so that near-antipodal pairs need care too.
   static constexpr bool uses_d2p = Half || K == Kind::Angular;
+  // Whether F is exp(-s log t) (a general power s), whose float32 rounding
+  // grows with |log t|, beyond what an accurate d2 can fix: the CPU kernel's
+  // compact tile pairs (close_pairs.h) keep the full refinement radius then.
+  static constexpr bool general_power = P == Power::General && K != Kind::Gaussian;
   // The scales of the energy and the derivatives eval() returns (see the top of this file).
   static constexpr double radial_kappa = K == Kind::Chordal ? chordal_kappa<P> : 1.0;
   static constexpr double lambda = K == Kind::Chordal ? chordal_lambda<P> : 1.0;
