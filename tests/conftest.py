@@ -112,6 +112,14 @@ def assert_grad_close(g, g_ref, dtype, tol=None):
     )
 
 
+# The CPU kernel's own tests: skipped where the C++ extension did not load
+# (both ops come with it)
+requires_cpu_kernel = pytest.mark.skipif(
+    "cpu" not in comhe_kernels.available_backends("hyperspherical_energy", "cpu"),
+    reason="the CPU kernel did not load",
+)
+
+
 def adversarial_rows(n: int, k: int, dtype=torch.float64):
     """n random rows (n >= 12, k >= 2) with rows that break the textbook
     formulas: near and exact duplicates, near and exact antipodes, zero rows,

@@ -24,16 +24,14 @@ from conftest import (
     ill_conditioned,
     reference_cross_energy_and_grad,
     reference_energy_and_grad,
+    requires_cpu_kernel,
     results_per_thread_count,
 )
 
 import comhe_kernels
 from comhe_kernels import _extension, cross_energy_and_grad, hyperspherical_energy_and_grad, num_cross_pairs, num_pairs
 
-pytestmark = pytest.mark.skipif(
-    "cpu" not in comhe_kernels.available_backends("hyperspherical_energy", "cpu"),
-    reason="the CPU kernel did not load",
-)
+pytestmark = requires_cpu_kernel
 
 
 def _levels():

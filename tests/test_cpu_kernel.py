@@ -19,15 +19,13 @@ from conftest import (
     ill_conditioned,
     reference_cross_energy_and_grad,
     reference_energy_and_grad,
+    requires_cpu_kernel,
 )
 
 import comhe_kernels
 from comhe_kernels import cross_energy_and_grad, num_cross_pairs, num_pairs
 
-pytestmark = pytest.mark.skipif(
-    "cpu" not in comhe_kernels.available_backends("cross_energy", "cpu"),
-    reason="the CPU kernel did not load",
-)
+pytestmark = requires_cpu_kernel
 
 
 def cpu_cross(x, y, power, **kw):

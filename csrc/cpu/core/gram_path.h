@@ -204,8 +204,7 @@ double tile_pair(const Points<T>& A, int64_t ta, const Points<T>& Bp, int64_t tb
     hpa = cs.rows.hp.data();
     hdb_ = cs.cols.hd.data();
     hpb_ = cs.cols.hp.data();
-    if constexpr (!E::general_power)  // as super_pair_small's
-      tau = std::max(T(double(tau) * Rc * Rc), std::numeric_limits<T>::min());
+    tau = compact_tau<T, E>(tau, Rc);
     if (xua) {
       xua = cs.rows.xu.data();
       xub = cs.cols.xu.data();

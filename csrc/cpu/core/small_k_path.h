@@ -164,12 +164,7 @@ double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int6
       compact[tb - u0] = Rc < kCompactRadius;
       if (!compact[tb - u0]) continue;
       any_compact = true;
-      // at least the smallest normal T: coincident points (R = 0 at k = 1) are
-      // refined. A general power keeps tau: its float32 exp(-s log t) is off
-      // by ~s |log t| eps relative however accurate t is (chord 1e-6, s = 3.5:
-      // 1.45e-6 of the energy with tau R^2, test_pair_math_contract).
-      tau_compact[tb - u0] =
-          E::general_power ? tau : std::max(T(double(tau) * Rc * Rc), std::numeric_limits<T>::min());
+      tau_compact[tb - u0] = compact_tau<T, E>(tau, Rc);
       dcol.resize(size_t((Bp.q + 1) * K * TS));
       centred_tile(Bp, b, tb, ca, K, dcol.data() + (tb - u0) * K * TS);
     }
