@@ -59,8 +59,18 @@ COMHE_HD float log(float x) { return ::logf(x); }
 COMHE_HD double log(double x) { return ::log(x); }
 COMHE_HD float exp(float x) { return ::expf(x); }
 COMHE_HD double exp(double x) { return ::exp(x); }
-COMHE_HD float atan2_nonneg(float p, float q) { return ::atan2f(p, q); }
-COMHE_HD double atan2_nonneg(double p, double q) { return ::atan2(p, q); }
+// atan2(p, q) for p, q >= 0 and its complement atan2(q, p), each to its own
+// relative precision (see simd.h): atan of min / max, in [0, pi/4], is one of them.
+COMHE_HD float atan2_nonneg(float p, float q, float& complement) {
+  const float a = ::atan2f(p < q ? p : q, p < q ? q : p), b = 1.57079632679489662f - a;
+  complement = p > q ? a : b;
+  return p > q ? b : a;
+}
+COMHE_HD double atan2_nonneg(double p, double q, double& complement) {
+  const double a = ::atan2(p < q ? p : q, p < q ? q : p), b = 1.5707963267948966 - a;
+  complement = p > q ? a : b;
+  return p > q ? b : a;
+}
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
 // Builtin vector types have no namespace for argument-dependent lookup, so the
 // vector overloads are brought in here, before the templates that call them.
@@ -166,13 +176,13 @@ struct PairEnergy {
       }
     } else {
       const S inv_pi = S(0.31830988618379067);
-      V p = sqrt(d2), q = sqrt(d2p);
-      V theta = S(2) * inv_pi * atan2_nonneg(p, q);
+      V p = sqrt(d2), q = sqrt(d2p), comp;
+      V theta = S(2) * inv_pi * atan2_nonneg(p, q, comp);
       V g, dg;
       angular_profile<P>(theta + delta, s, g, dg);
-      if constexpr (Half) {  // the mirrored pair has angle pi - theta
+      if constexpr (Half) {  // the mirrored pair has angle pi - theta: 1 - theta, without its cancellation
         V g2, dg2;
-        angular_profile<P>(S(1) - theta + delta, s, g2, dg2);
+        angular_profile<P>(S(2) * inv_pi * comp + delta, s, g2, dg2);
         g = S(2) * (g + g2);
         dg = S(2) * (dg - dg2);
       }

@@ -404,20 +404,31 @@ inline vdouble exp(vdouble x) {
 // z = min/max in [0, 1]; above tan(pi/8) use atan z = pi/4 + atan((z-1)/(z+1)),
 // so the series argument has |w| <= 0.4142 and w^2 <= 0.1716: 9 terms reach
 // float's 6e-8, 20 terms double's 1e-17 (an alternating series: the error is
-// below the first omitted term).
+// below the first omitted term). The complement pi/2 - atan2(p, q) =
+// atan2(q, p) is written too, from the same atan z, so that each keeps its own
+// relative precision: half space's mirrored angle of a near-antipodal pair,
+// formed as pi/2 minus the angle, kept only ~6e-8 absolute of it (float32
+// angular half-space energies of a cluster against its antipodes 2e-6
+// relative off, test_float32_angular_mirror_angle).
 template <class V, class S, int TERMS>
-inline V atan2_nonneg(V p, V q) {
+inline V atan2_nonneg(V p, V q, V& complement) {
   V mx = vmax(p, q), mn = vmin(p, q);
   auto red = mn > S(0.41421356237309503) * mx;
   V w = (red ? mn - mx : mn) / (red ? mn + mx : mx);
   V w2 = w * w;
   V poly = V{} + S((TERMS - 1) % 2 ? -1 : 1) / S(2 * TERMS - 1);
   for (int n = TERMS - 2; n >= 0; --n) poly = poly * w2 + S(n % 2 ? -1 : 1) / S(2 * n + 1);
-  V a = (red ? V{} + S(0.78539816339744831) : V{}) + w * poly;
-  return p > q ? S(1.5707963267948966) - a : a;
+  V a = (red ? V{} + S(0.78539816339744831) : V{}) + w * poly;  // atan z, in [0, pi/4]
+  V b = S(1.5707963267948966) - a;
+  complement = p > q ? a : b;
+  return p > q ? b : a;
 }
-inline vfloat atan2_nonneg(vfloat p, vfloat q) { return atan2_nonneg<vfloat, float, 9>(p, q); }
-inline vdouble atan2_nonneg(vdouble p, vdouble q) { return atan2_nonneg<vdouble, double, 20>(p, q); }
+inline vfloat atan2_nonneg(vfloat p, vfloat q, vfloat& complement) {
+  return atan2_nonneg<vfloat, float, 9>(p, q, complement);
+}
+inline vdouble atan2_nonneg(vdouble p, vdouble q, vdouble& complement) {
+  return atan2_nonneg<vdouble, double, 20>(p, q, complement);
+}
 
 }  // namespace COMHE_SIMD_LEVEL
 }  // namespace simd
