@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import child_env
+from conftest import child_env, requires_cpu_kernel
 
 import comhe_kernels
 from comhe_kernels.bench import main, presets
@@ -36,6 +36,7 @@ from comhe_kernels.bench.oracle import (
 from comhe_kernels.bench.providers import (
     Provider,
     Unavailable,
+    at_cpu_isa_levels,
     chunked_cross,
     chunked_energy,
     default_providers,
@@ -501,6 +502,50 @@ def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys, monkeypatch
     assert cpu40["cpu_isa"] == lowest and ref40["cpu_isa"] is None  # the reference does not run the kernel
     assert cpu40["speedup_vs_reference"] == pytest.approx(ref40["time_median_s"] / cpu40["time_median_s"])
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@requires_cpu_kernel
+def test_cpu_isa_levels_in_one_run(tmp_path, capsys):
+    """--cpu-isa: one cpu@LEVEL row per level, each run at that level, each
+    against the same reference; a level the CPU cannot run is an argument error."""
+    runnable = comhe_kernels.build_info()["cpu_isa"]["runnable"]
+    levels = list(dict.fromkeys([runnable[0], runnable[-1]]))
+    json_path = tmp_path / "rows.json"
+    argv = ["--n", "40", "--k", "3", "--providers", "reference", "cpu", "--device", "cpu", *FAST]
+    assert main([*argv, "--cpu-isa", *levels, "--json", str(json_path)]) == 0
+    rows = json.loads(json_path.read_text())["rows"]
+    assert [r["provider"] for r in rows] == ["reference", *(f"cpu@{level}" for level in levels)]
+    for row, level in zip(rows[1:], levels):
+        assert row["status"] == "ok" and row["cpu_isa"] == level
+        assert row["speedup_vs_reference"] == pytest.approx(rows[0]["time_median_s"] / row["time_median_s"])
+    if len(levels) > 1:
+        assert "ISA" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--cpu-isa", "avx1024"])
+    assert e.value.code == 2 and "argument --cpu-isa: avx1024 not runnable here" in capsys.readouterr().err
+
+
+@requires_cpu_kernel
+def test_a_forced_level_ends_with_its_measurement():
+    """The worker serves the next measurement at the level it had before."""
+    runnable = comhe_kernels.build_info()["cpu_isa"]["runnable"]
+    providers = {**default_providers(), **at_cpu_isa_levels(default_providers(), (runnable[0],))}
+    case = Case(40, 3)
+    plan = Plan(items=[(case, f"cpu@{runnable[0]}"), (case, "cpu")])
+    options = BenchOptions(min_reps=1, max_reps=1, rep_seconds=0.0, warmup_seconds=0.0, gemm_sizes=())
+    rows, _ = run_benchmark(plan, providers, options)
+    assert [r["cpu_isa"] for r in rows] == [runnable[0], os.environ.get("COMHE_CPU_ISA") or runnable[-1]]
+
+
+def test_criteria_judge_each_isa_level():
+    rows = [
+        {"n": 16384, "k": 256, "provider": "cpu@avx2", "status": "ok", "time_median_s": 1.2},
+        {"n": 16384, "k": 256, "provider": "cpu@avx512", "status": "ok", "time_median_s": 0.9},
+    ]
+    acceptance = presets.PRESETS["acceptance"].criteria
+    verdicts = {v["criterion"]: v["verdict"] for v in evaluate_criteria(acceptance, rows)}
+    assert verdicts["N=16384 k=256: fused under 1.0 s [cpu@avx2]"] == "FAIL"
+    assert verdicts["N=16384 k=256: fused under 1.0 s [cpu@avx512]"] == "PASS"
 
 
 def test_failing_providers_are_reported_not_timed(tmp_path):

@@ -26,8 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .cases import DTYPES, FLOP_MODEL, GIB, INPUTS, MODES, OPS, BenchOptions, canonical_power
 from .oracle import TOLERANCES
-from .presets import CUSTOM_DEFAULT, DIMENSIONS, PRESETS, Preset, make_plan
-from .providers import default_providers
+from .presets import CUSTOM_DEFAULT, DIMENSIONS, PRESETS, Preset, expand_providers, make_plan
+from .providers import at_cpu_isa_levels, default_providers
 from .report import environment, finish_rows, plot, results_table, write_csv, write_json
 from .runner import ceilings_wanted, dry_run_rows, run_benchmark
 from .verdicts import evaluate_criteria, verdict_table
@@ -132,6 +132,13 @@ def build_parser(provider_names: tuple) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads", type=_nonnegative_int, default=0, help="CPU threads per worker (default: torch's, all cores)"
+    )
+    p.add_argument(
+        "--cpu-isa",
+        nargs="+",
+        metavar="LEVEL",
+        help="run the cpu provider once per ISA level of its kernel (e.g. avx2 avx512; rows cpu@LEVEL); "
+        "default: one run at COMHE_CPU_ISA or the CPU's best",
     )
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the random points (default 0)")
     p.add_argument("--min-reps", type=_positive_int, help="timed calls at least (preset's; default 3)")
@@ -243,14 +250,33 @@ def _list_providers(out: _Output, providers: dict, devices: tuple) -> None:
             out.print(f"{name:<15} {device:<5} {status}. {provider.summary}")
 
 
+def _cpu_isa_levels(parser: argparse.ArgumentParser, levels: list) -> tuple:
+    """--cpu-isa's levels, each one this build has and this CPU runs."""
+    from .. import _extension
+
+    try:
+        info = _extension.cpu_isa()
+    except RuntimeError as e:
+        parser.error(f"argument --cpu-isa: {e}")
+    bad = [level for level in levels if level not in info["runnable"]]
+    if bad:
+        parser.error(
+            f"argument --cpu-isa: {', '.join(bad)} not runnable here "
+            f"(this build: {', '.join(info['levels'])}; this CPU runs {', '.join(info['runnable'])})"
+        )
+    return tuple(dict.fromkeys(levels))
+
+
 def main(argv: list | None = None, providers: dict | None = None) -> int:
     """The comhe-bench command. ``providers`` replaces the default registry
     (default_providers()); returns the exit status."""
     providers = dict(providers) if providers is not None else default_providers()
     parser = build_parser(tuple(providers))
     args = parser.parse_args(argv)
+    if args.cpu_isa:
+        providers = at_cpu_isa_levels(providers, _cpu_isa_levels(parser, args.cpu_isa))
     if args.providers:
-        unknown = [name for name in args.providers if name not in providers]
+        unknown = [name for name in args.providers if not expand_providers(name, providers)]
         if unknown:
             parser.error(f"argument --providers: unknown {', '.join(unknown)} (choose from {', '.join(providers)})")
     if args.min_reps and args.max_reps and args.min_reps > args.max_reps:
@@ -279,7 +305,11 @@ def main(argv: list | None = None, providers: dict | None = None) -> int:
         return 0
 
     overrides = {d: tuple(getattr(args, d) or ()) for d in DIMENSIONS}
-    only = tuple(name for name in providers if name in args.providers) if args.providers else None
+    if args.providers:
+        wanted = {n for name in args.providers for n in expand_providers(name, providers)}
+        only = tuple(name for name in providers if name in wanted)
+    else:
+        only = None
     try:
         plan = make_plan(preset.groups, providers, devices, args.seed, overrides, only, dry_run=args.dry_run)
     except ValueError as e:

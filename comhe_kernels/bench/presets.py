@@ -196,7 +196,7 @@ def make_plan(
     for group in groups:
         dims = {d: overrides.get(d) or getattr(group, d) for d in DIMENSIONS}
         names = only or group.providers or tuple(providers)
-        names = tuple(dict.fromkeys(n for name in names for n in _expand(name, providers)))
+        names = tuple(dict.fromkeys(n for name in names for n in expand_providers(name, providers)))
         for device, op in itertools.product(devices, dims["op"]):
             rest = (dims["b"], dims["k"], _power_of(dims["power"], op))
             rest += (dims["half_space"], dims["dtype"], dims["mode"], dims["inputs"])
@@ -209,8 +209,14 @@ def make_plan(
     return plan
 
 
-def _expand(name: str, providers: dict) -> tuple:
-    return tuple(n for n, p in providers.items() if p.fused) if name == FUSED else (name,)
+def expand_providers(name: str, providers: dict) -> tuple:
+    """The providers a name stands for: itself, every fused backend (FUSED), or
+    its ISA-level variants (cpu: cpu@avx2, cpu@avx512 under --cpu-isa)."""
+    if name == FUSED:
+        return tuple(n for n, p in providers.items() if p.fused)
+    if name in providers:
+        return (name,)
+    return tuple(n for n in providers if n.partition("@")[0] == name)
 
 
 def _add(plan: Plan, case: Case, names: tuple, providers: dict, reasons: dict, seen: set, dry_run: bool) -> None:

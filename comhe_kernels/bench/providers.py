@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,6 +55,7 @@ class Provider:
     available: Callable | None = None  # (op, device) -> None, or why the provider cannot run it here
     extra_bytes: Callable | None = None  # (case, options) -> predicted peak memory beyond the inputs
     fused: bool = False  # one of the package's fused backends
+    cpu_isa: str = ""  # the CPU kernel's ISA level the measurement forces (at_cpu_isa_levels); "": as loaded
 
     def mismatch(self, op: str, device: str) -> str | None:
         """Why the provider never runs such a case (not its op, not its device), or None."""
@@ -340,6 +342,21 @@ def fused_providers() -> list:
                 fused=True,
             )
         )
+    return out
+
+
+def at_cpu_isa_levels(providers: dict, levels: tuple) -> dict:
+    """A copy of providers with the fused "cpu" replaced by "cpu@<level>" for
+    each ISA level (comhe-bench --cpu-isa): one run compares the levels on the
+    same inputs, beside the same GEMM ceiling."""
+    out = {}
+    for name, provider in providers.items():
+        if name != "cpu":
+            out[name] = provider
+            continue
+        for level in levels:
+            summary = f"{provider.summary}, its kernel at ISA level {level}"
+            out[f"cpu@{level}"] = dataclasses.replace(provider, name=f"cpu@{level}", summary=summary, cpu_isa=level)
     return out
 
 

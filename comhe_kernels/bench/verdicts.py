@@ -37,8 +37,18 @@ def evaluate_criteria(criteria: tuple, rows: list, fused: tuple = ()) -> list:
     names a FUSED criterion stands for (those of the rows, if empty)."""
     out = []
     fused = fused or tuple(dict.fromkeys(r["provider"] for r in rows if r.get("fused")))
+    # a provider run at several ISA levels (comhe-bench --cpu-isa): one verdict per level
+    levels = {}
+    for r in rows:
+        base, _, level = r["provider"].partition("@")
+        if level:
+            levels.setdefault(base, {})[r["provider"]] = None
     for c in criteria:
-        for name in (fused or (c.provider,)) if c.provider == FUSED else (c.provider,):
+        if c.provider == FUSED:
+            names = fused or (c.provider,)
+        else:
+            names = tuple(levels.get(c.provider, ())) or (c.provider,)
+        for name in names:
             match = [r for r in rows if r["provider"] == name and all(r.get(f) == v for f, v in c.where)]
             row = match[0] if match else {}
             if c.metric == "skipped":
@@ -52,7 +62,7 @@ def evaluate_criteria(criteria: tuple, rows: list, fused: tuple = ()) -> list:
                     verdict = "PASS" if value >= c.bound else "FAIL"
                 else:
                     verdict = "PASS" if value <= c.bound else "FAIL"
-            text = c.text.replace("{fused}", name)
+            text = c.text.replace("{fused}", name) + (f" [{name}]" if name != c.provider and c.provider != FUSED else "")
             out.append({"criterion": text, "value": value, "bound": c.bound, "verdict": verdict})
     return out
 
