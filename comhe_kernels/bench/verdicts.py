@@ -62,7 +62,7 @@ def evaluate_criteria(criteria: tuple, rows: list, fused: tuple = ()) -> list:
                     verdict = "PASS" if value >= c.bound else "FAIL"
                 else:
                     verdict = "PASS" if value <= c.bound else "FAIL"
-            text = c.text.replace("{fused}", name) + (f" [{name}]" if name != c.provider and c.provider != FUSED else "")
+            text = c.text.replace("{fused}", name) + (f" ({name})" if name != c.provider and c.provider != FUSED else "")
             out.append({"criterion": text, "value": value, "bound": c.bound, "verdict": verdict})
     return out
 
