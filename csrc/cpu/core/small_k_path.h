@@ -1,11 +1,11 @@
 // The few-coordinates path of the pair loop, k <= K <= 8 (torch-free): the
 // three phases of tile_pair fused into one pass over every tile of the
-// opposite super-tile, two rows at a time. The rows' distances, weights and
-// gradient partial sums stay in registers (reduced once per super-tile, not
-// once per tile), the two rows share the loads of the opposite points and
-// one read-modify-write of their gradient accumulators, and no W buffer is
-// written. At k = 3 the elementwise math dominates, so every instruction
-// saved around it counts.
+// opposite super-tile, kSmallRows rows at a time. The rows' distances, weights
+// and gradient partial sums stay in registers (on the stack with 16 registers;
+// reduced once per super-tile, not once per tile), the rows share the loads of
+// the opposite points and one read-modify-write of their gradient
+// accumulators, and no W buffer is written. At k = 3 the elementwise math
+// dominates, so every instruction saved around it counts.
 //
 // Here d2 = ||u_j - u_i||^2 + a_i + a_j and d2p = ||u_j + u_i||^2 + a_i + a_j
 // are computed in that form, from the differences and sums of coordinates:
@@ -42,8 +42,8 @@ constexpr int kSmallRows = simd::kVectorRegisters < 32 ? 4 : 2;
 static_assert(TS % kSmallRows == 0, "a pass's rows lie in one tile (padding rows read the tile's zeros)");
 
 // One vector of W points v*W.. of tile J against the rows. Masked: partial
-// vectors (the diagonal tile's j <= i, the last tile's padding, a missing
-// second row) get lane masks, and pairs closer than tau are left to the
+// vectors (the diagonal tile's j <= i, the last tile's padding, rows past
+// the tile's last) get lane masks, and pairs closer than tau are left to the
 // caller (near_out). Unmasked (full vectors, ~all the work; valid and
 // near_out unused): returns false, having changed nothing, if any pair is that
 // close, and the caller redoes the vector masked. The masks and their moves
