@@ -1,11 +1,11 @@
 // The few-coordinates path of the pair loop, k <= K <= 8 (torch-free): the
 // three phases of tile_pair fused into one pass over every tile of the
-// opposite super-tile, two rows at a time. The rows' distances, weights and
-// gradient partial sums stay in registers (reduced once per super-tile, not
-// once per tile), the two rows share the loads of the opposite points and
-// one read-modify-write of their gradient accumulators, and no W buffer is
-// written. At k = 3 the elementwise math dominates, so every instruction
-// saved around it counts.
+// opposite super-tile, kSmallRows rows at a time. The rows' distances, weights
+// and gradient partial sums stay in registers (on the stack with 16 registers;
+// reduced once per super-tile, not once per tile), the rows share the loads of
+// the opposite points and one read-modify-write of their gradient
+// accumulators, and no W buffer is written. At k = 3 the elementwise math
+// dominates, so every instruction saved around it counts.
 //
 // Here d2 = ||u_j - u_i||^2 + a_i + a_j and d2p = ||u_j + u_i||^2 + a_i + a_j
 // are computed in that form, from the differences and sums of coordinates:
@@ -31,11 +31,23 @@ namespace cpu {
 namespace detail {
 inline namespace COMHE_CPU_ISA {
 
-constexpr int kSmallRows = 2;
+// Rows per pass: 2 with 32 vector registers; 4 with 16 (AVX2) at K = 3,
+// although their accumulators (racc, zacc: 16 vectors) then live on the
+// stack: the pair math of a vector is one long dependent chain (the
+// differences, 1/sqrt's Newton steps, the gradient), and more independent
+// rows per pass let the core overlap more of them. AMD EPYC Zen 4, one
+// thread, N = 8192, k = 3 fwd+bwd, medians of 10 alternating runs: 25.7 ms
+// with 2 rows, 23.5 with 4, 23.2 with 6, 27.8 with 8. K = 4 and 8 were 14%
+// and 17% faster with 4 rows too, but then the energy of a call without the
+// gradient differed from the one with it in the last bits at K = 8 (k = 5,
+// s = 0, float; csrc/tests), for a reason not found: they keep 2.
+template <int K>
+constexpr int kSmallRows = simd::kVectorRegisters < 32 && K == 3 ? 4 : 2;
+static_assert(TS % kSmallRows<3> == 0, "a pass's rows lie in one tile (padding rows read the tile's zeros)");
 
 // One vector of W points v*W.. of tile J against the rows. Masked: partial
-// vectors (the diagonal tile's j <= i, the last tile's padding, a missing
-// second row) get lane masks, and pairs closer than tau are left to the
+// vectors (the diagonal tile's j <= i, the last tile's padding, rows past
+// the tile's last) get lane masks, and pairs closer than tau are left to the
 // caller (near_out). Unmasked (full vectors, ~all the work; valid and
 // near_out unused): returns false, having changed nothing, if any pair is that
 // close, and the caller redoes the vector masked. The masks and their moves
@@ -45,19 +57,19 @@ constexpr int kSmallRows = 2;
 // compact tile pair, where ub and ui are delta (super_pair_small).
 template <class T, class E, int K, bool Grad, bool Masked>
 __attribute__((always_inline)) inline bool small_vector(
-    const T (&ui)[kSmallRows][K], const T (&uis)[kSmallRows][K], const T (&ai)[kSmallRows],
-    const typename simd::Mask<T>::M (&valid)[kSmallRows], const T* ub, const T* us, const T* ab, T* vb, T* zb, int v,
+    const T (&ui)[kSmallRows<K>][K], const T (&uis)[kSmallRows<K>][K], const T (&ai)[kSmallRows<K>],
+    const typename simd::Mask<T>::M (&valid)[kSmallRows<K>], const T* ub, const T* us, const T* ab, T* vb, T* zb, int v,
     T s, T delta, T tau_diff,
-    typename Points<T>::V (&racc)[kSmallRows][K], typename Points<T>::V (&zacc)[kSmallRows],
-    typename Points<T>::V& fsum, typename simd::Mask<T>::M (&near_out)[kSmallRows]) {
+    typename Points<T>::V (&racc)[kSmallRows<K>][K], typename Points<T>::V (&zacc)[kSmallRows<K>],
+    typename Points<T>::V& fsum, typename simd::Mask<T>::M (&near_out)[kSmallRows<K>]) {
   using V = typename Points<T>::V;
   using Mk = simd::Mask<T>;
   constexpr int W = Points<T>::W;
   V ubv[K];
   for (int c = 0; c < K; ++c) ubv[c] = load<V>(ub + c * TS + v * W);
-  V diff[kSmallRows][K], sum[kSmallRows][K], dd[kSmallRows], ddp[kSmallRows];
-  typename Mk::M near[kSmallRows];
-  for (int r = 0; r < kSmallRows; ++r) {
+  V diff[kSmallRows<K>][K], sum[kSmallRows<K>][K], dd[kSmallRows<K>], ddp[kSmallRows<K>];
+  typename Mk::M near[kSmallRows<K>];
+  for (int r = 0; r < kSmallRows<K>; ++r) {
     dd[r] = V{};
     ddp[r] = V{};
     for (int c = 0; c < K; ++c) {
@@ -77,15 +89,15 @@ __attribute__((always_inline)) inline bool small_vector(
   }
   if constexpr (!Masked) {  // one compare of the smallest: ~1% faster than one per row
     V m = E::uses_d2p ? simd::vmin(dd[0], ddp[0]) : dd[0];
-    for (int r = 1; r < kSmallRows; ++r) {
+    for (int r = 1; r < kSmallRows<K>; ++r) {
       m = simd::vmin(m, dd[r]);
       if constexpr (E::uses_d2p) m = simd::vmin(m, ddp[r]);
     }
     if (Mk::any(Mk::lt(m, tau_diff))) return false;
   }
   const V abv = load<V>(ab + v * W);
-  V wa[kSmallRows], wb[kSmallRows];
-  for (int r = 0; r < kSmallRows; ++r) {
+  V wa[kSmallRows<K>], wb[kSmallRows<K>];
+  for (int r = 0; r < kSmallRows<K>; ++r) {
     const V aij = ai[r] + abv;
     V F, al, be;
     E::eval(dd[r] + aij, ddp[r] + aij, s, delta, F, al, be);
@@ -111,7 +123,7 @@ __attribute__((always_inline)) inline bool small_vector(
   if constexpr (Grad) {
     for (int c = 0; c < K; ++c) {
       V col = load<V>(vb + c * TS + v * W);
-      for (int r = 0; r < kSmallRows; ++r) {
+      for (int r = 0; r < kSmallRows<K>; ++r) {
         racc[r][c] -= wa[r] * diff[r][c];
         col += wa[r] * diff[r][c];
         if constexpr (E::uses_d2p) {
@@ -122,7 +134,7 @@ __attribute__((always_inline)) inline bool small_vector(
       store(vb + c * TS + v * W, col);
     }
     V zcol = load<V>(zb + v * W);
-    for (int r = 0; r < kSmallRows; ++r) {
+    for (int r = 0; r < kSmallRows<K>; ++r) {
       const V z = E::uses_d2p ? wa[r] + wb[r] : wa[r];
       zacc[r] += z;
       zcol += z;
@@ -141,7 +153,7 @@ template <class T, class E, int K, bool Grad>
 double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int64_t Sb, int64_t b, bool diag) {
   using V = typename Points<T>::V;
   using Mk = simd::Mask<T>;
-  constexpr int W = Points<T>::W, R = kSmallRows;
+  constexpr int W = Points<T>::W, R = kSmallRows<K>;
   const int64_t t0 = S * A.q, t1 = std::min(A.nT, t0 + A.q);
   const int64_t u0 = Sb * Bp.q, u1 = std::min(Bp.nT, u0 + Bp.q);
   // locals: stores through vb could alias the members as far as the compiler knows
