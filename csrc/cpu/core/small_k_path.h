@@ -34,7 +34,7 @@ inline namespace COMHE_CPU_ISA {
 // Rows per pass: 2 with 32 vector registers; 4 with 16 (AVX2) at K = 3,
 // although their accumulators (racc, zacc: 16 vectors) then live on the
 // stack: the pair math of a vector is one long dependent chain (the
-// differences, 1/sqrt's Newton steps, the gradient), and more independent
+// differences, 1/sqrt and its refinement, the gradient), and more independent
 // rows per pass let the core overlap more of them. AMD EPYC Zen 4, one
 // thread, N = 8192, k = 3 fwd+bwd, medians of 10 alternating runs: 25.7 ms
 // with 2 rows, 23.5 with 4, 23.2 with 6, 27.8 with 8. K = 4 and 8 were 14%
