@@ -43,7 +43,6 @@ inline namespace COMHE_CPU_ISA {
 // s = 0, float; csrc/tests), for a reason not found: they keep 2.
 template <int K>
 constexpr int kSmallRows = simd::kVectorRegisters < 32 && K == 3 ? 4 : 2;
-static_assert(TS % kSmallRows<3> == 0, "a pass's rows lie in one tile (padding rows read the tile's zeros)");
 
 // One vector of W points v*W.. of tile J against the rows. Masked: partial
 // vectors (the diagonal tile's j <= i, the last tile's padding, rows past
@@ -154,6 +153,7 @@ double super_pair_small(const Points<T>& A, int64_t S, const Points<T>& Bp, int6
   using V = typename Points<T>::V;
   using Mk = simd::Mask<T>;
   constexpr int W = Points<T>::W, R = kSmallRows<K>;
+  static_assert(TS % R == 0, "a pass's rows lie in one tile (padding rows read the tile's zeros)");
   const int64_t t0 = S * A.q, t1 = std::min(A.nT, t0 + A.q);
   const int64_t u0 = Sb * Bp.q, u1 = std::min(Bp.nT, u0 + Bp.q);
   // locals: stores through vb could alias the members as far as the compiler knows
