@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -481,11 +482,15 @@ def test_tiny_sweep_writes_table_csv_json_and_plot(tmp_path, capsys, monkeypatch
         "load_avg_start",
         "omp_wait_policy",
         "torch",
-        "git_sha",
         "timestamp",
         "command",
     ):
         assert meta[key] not in (None, ""), key
+    # The commit of the checkout the package was imported from; none for a
+    # package installed outside one (a virtual environment elsewhere).
+    package_dir = Path(comhe_kernels.__file__).resolve().parent
+    in_checkout = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package_dir, capture_output=True).returncode == 0
+    assert bool(meta["git_sha"]) == in_checkout, meta["git_sha"]
     assert meta["command"].startswith("comhe-bench --n 40 --k 3") and meta["flop_model"].startswith("2k flops per pair")
     assert meta["ceilings"]["cpu/float32"] > 0
     for row in doc["rows"]:
